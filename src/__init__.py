@@ -1,0 +1,1 @@
+"""obp-workflow: the Workflow Service of the Open Brain Platform."""

@@ -1,0 +1,136 @@
+"""An in-memory RunRepository that stores serialised records, as a database would."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+from collections.abc import Collection, Sequence
+
+from obp_workflow.core.errors import (
+    Conflict,
+    FieldError,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+)
+from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.records import dumps, loads
+from obp_workflow.core.run import ACTIVE_STATES, RunState, SimulationRun
+from obp_workflow.ports.runs import Page, RunRepository
+
+from .faults import Faults
+
+
+def encode_cursor(project: ProjectRef, states: Collection[RunState] | None, after: str) -> str:
+    payload = {"p": project.key, "s": sorted(s.value for s in states or ()), "a": after}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, project: ProjectRef, states: Collection[RunState] | None) -> str:
+    """The position a cursor points at; InvalidRequest when it was not made for this query."""
+    bad = InvalidRequest([FieldError("cursor", "is not a cursor of this listing")])
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad from None
+    if (
+        not isinstance(payload, dict)
+        or payload.get("p") != project.key
+        or payload.get("s") != sorted(s.value for s in states or ())
+        or not isinstance(payload.get("a"), str)
+    ):
+        raise bad
+    return str(payload["a"])
+
+
+class InMemoryRunRepository(RunRepository):
+    def __init__(self) -> None:
+        self._records: dict[tuple[ProjectRef, str], str] = {}
+        self._keys: dict[tuple[ProjectRef, str], str] = {}
+        self._lock = threading.Lock()
+        self.faults = Faults()
+
+    def add(self, run: SimulationRun) -> None:
+        self.faults.before("add")
+        with self._lock:
+            ident = (run.project, run.run_id)
+            if ident in self._records:
+                raise Conflict(f"run {run.run_id} exists already")
+            key = run.header.idempotency_key
+            if key is not None and (run.project, key) in self._keys:
+                raise IdempotencyConflict(f"idempotency key already used in project {run.project}")
+            self._records[ident] = dumps(run)
+            if key is not None:
+                self._keys[(run.project, key)] = run.run_id
+        self.faults.after("add")
+
+    def get(self, project: ProjectRef, run_id: str) -> SimulationRun:
+        self.faults.before("get")
+        with self._lock:
+            record = self._records.get((project, run_id))
+        if record is None:
+            raise NotFound(f"run {run_id} not found in project {project}")
+        return loads(record)
+
+    def save(self, run: SimulationRun, expected_version: int) -> None:
+        self.faults.before("save")
+        with self._lock:
+            ident = (run.project, run.run_id)
+            current = self._records.get(ident)
+            if current is None:
+                raise NotFound(f"run {run.run_id} not found in project {run.project}")
+            stored_version = json.loads(current)["version"]
+            if stored_version != expected_version:
+                raise Conflict(
+                    f"run {run.run_id} changed meanwhile (version {stored_version}, "
+                    f"expected {expected_version})"
+                )
+            self._records[ident] = dumps(run)
+        self.faults.after("save")
+
+    def find_by_idempotency_key(self, project: ProjectRef, key: str) -> SimulationRun | None:
+        with self._lock:
+            run_id = self._keys.get((project, key))
+        return None if run_id is None else self.get(project, run_id)
+
+    def list(
+        self,
+        project: ProjectRef,
+        states: Collection[RunState] | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        after = decode_cursor(cursor, project, states) if cursor else None
+        with self._lock:
+            records = [r for (p, _), r in self._records.items() if p == project]
+        runs = [loads(r) for r in records]
+        wanted = set(states) if states else None
+        # Newest first; the run id breaks ties so the order is total and stable across pages.
+        runs = sorted(
+            (r for r in runs if wanted is None or r.state in wanted),
+            key=lambda r: (r.header.created_at.isoformat(), r.run_id),
+            reverse=True,
+        )
+        if after is not None:
+            runs = [r for r in runs if _position(r) < after]
+        page = runs[:limit]
+        more = len(runs) > limit
+        return Page(page, encode_cursor(project, states, _position(page[-1])) if more else None)
+
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
+        with self._lock:
+            records = [r for (p, _), r in self._records.items() if project in (None, p)]
+        return [run for run in map(loads, records) if run.state in ACTIVE_STATES]
+
+    # -- test helpers
+    def corrupt(self, project: ProjectRef, run_id: str, record: str) -> None:
+        """Overwrite a stored record with anything (to test reading damaged data)."""
+        with self._lock:
+            self._records[(project, run_id)] = record
+
+
+def _position(run: SimulationRun) -> str:
+    return f"{run.header.created_at.isoformat()}|{run.run_id}"

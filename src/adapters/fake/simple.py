@@ -1,0 +1,87 @@
+"""Small in-memory adapters: secrets, tokens, workflow instances."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+from obp_workflow.core.cluster import SecretRef
+from obp_workflow.core.errors import SecretNotFound, Unauthenticated
+from obp_workflow.core.identity import Principal, ProjectRef
+from obp_workflow.ports.identity import TokenVerifier
+from obp_workflow.ports.instances import InstanceInfo, InstanceOrchestrator
+from obp_workflow.ports.secrets import Secret, SecretStore
+from obp_workflow.ports.system import Clock
+
+from .faults import Faults
+
+
+class InMemorySecretStore(SecretStore):
+    def __init__(self, secrets: dict[str, str] | None = None) -> None:
+        self._secrets = dict(secrets or {})
+        self.faults = Faults()
+
+    def put(self, ref: str, value: str) -> None:
+        self._secrets[ref] = value
+
+    def get(self, ref: SecretRef) -> Secret:
+        self.faults.before("get")
+        value = self._secrets.get(ref.ref)
+        if value is None:
+            raise SecretNotFound(f"secret {ref.ref} not found")
+        return Secret(value)
+
+
+class StaticTokenVerifier(TokenVerifier):
+    """Knows a fixed set of tokens; any other token is refused."""
+
+    def __init__(self, tokens: dict[str, Principal] | None = None) -> None:
+        self._tokens = dict(tokens or {})
+
+    def issue(self, token: str, principal: Principal) -> None:
+        self._tokens[token] = principal
+
+    def verify(self, token: str) -> Principal:
+        principal = self._tokens.get(token)
+        if principal is None:
+            raise Unauthenticated()
+        return principal
+
+
+class InMemoryInstances(InstanceOrchestrator):
+    """One instance per project; ``ensure`` is atomic so concurrent calls start one."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._instances: dict[ProjectRef, InstanceInfo] = {}
+        self._lock = threading.Lock()
+        self.faults = Faults()
+        self.starts = 0
+
+    def ensure(self, project: ProjectRef) -> InstanceInfo:
+        self.faults.before("ensure")
+        with self._lock:
+            current = self._instances.get(project)
+            if current is None or not current.live:
+                self.starts += 1
+                current = InstanceInfo(
+                    project, f"task-{self.starts:04d}", "RUNNING", started_at=self._now()
+                )
+                self._instances[project] = current
+        self.faults.after("ensure")
+        return current
+
+    def describe(self, project: ProjectRef) -> InstanceInfo | None:
+        with self._lock:
+            return self._instances.get(project)
+
+    def stop(self, project: ProjectRef, reason: str) -> None:
+        with self._lock:
+            current = self._instances.get(project)
+            if current is not None and current.live:
+                self._instances[project] = InstanceInfo(
+                    project, current.instance_id, "STOPPED", current.started_at, reason
+                )
+
+    def _now(self) -> datetime:
+        return self._clock.now()

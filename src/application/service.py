@@ -1,0 +1,523 @@
+"""The use cases of the Workflow Service, over ports only.
+
+Requests (``submit``, ``get``, ``list_runs``, ``cancel``, ``log``, ``instance``) check the
+caller's rights against the project in their path. The pipeline (``advance`` one run by one
+step, ``monitor_cycle`` over every watched job) is safe to repeat after a crash at any point:
+each step reads the run from the repository, and every side effect on the cluster is either
+idempotent or preceded by a persisted intent that lets a later step find it again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from obp_workflow.core.cluster import ClusterHandle, KeyRole, ProvisioningPhase
+from obp_workflow.core.errors import (
+    ClusterUnreachable,
+    Conflict,
+    DomainError,
+    FieldError,
+    IdempotencyConflict,
+    InvalidRequest,
+    ServiceUnavailable,
+    SubmissionRejected,
+    SubmissionUnclear,
+    SyncIncomplete,
+)
+from obp_workflow.core.identity import Action, Principal, ProjectRef, authorize
+from obp_workflow.core.jobs import JobObservation
+from obp_workflow.core.jobspec import build_job_spec
+from obp_workflow.core.request import SimulationRequest
+from obp_workflow.core.run import (
+    JOB_STATES,
+    Requester,
+    RunHeader,
+    RunState,
+    SimulationRun,
+)
+from obp_workflow.core.sync import (
+    LustreHsmExport,
+    SyncLimits,
+    SyncPlan,
+    SyncRefused,
+    choose_sync,
+)
+from obp_workflow.ports.cluster import ClusterGateway, ClusterProvisioner
+from obp_workflow.ports.instances import InstanceInfo, InstanceOrchestrator
+from obp_workflow.ports.knowledge_graph import KnowledgeGraph, RunProvenance
+from obp_workflow.ports.runs import Page, RunRepository
+from obp_workflow.ports.sync import DataSynchronizer, SyncJobSubmitted
+from obp_workflow.ports.system import Clock, EventPublisher, IdGenerator
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """The knobs of the pipeline; every one has a sane default."""
+
+    provisioning_timeout: timedelta = timedelta(minutes=60)
+    max_submit_attempts: int = 5
+    cluster_cache_ttl: timedelta = timedelta(seconds=60)
+    sync_limits: SyncLimits = field(default_factory=SyncLimits)
+    max_log_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one monitor cycle did: which clusters it asked and which runs changed."""
+
+    clusters_polled: int
+    jobs_polled: int
+    changed: tuple[tuple[ProjectRef, str], ...]
+    unreachable: tuple[str, ...] = ()
+
+
+class _Tracked:
+    """A run being worked on, and the version the repository holds of it."""
+
+    def __init__(self, run: SimulationRun) -> None:
+        self.run = run
+        self.saved = run.version
+
+    @property
+    def dirty(self) -> bool:
+        return self.run.version != self.saved
+
+
+class WorkflowService:
+    def __init__(
+        self,
+        *,
+        runs: RunRepository,
+        provisioner: ClusterProvisioner,
+        gateway: ClusterGateway,
+        synchronizer: DataSynchronizer,
+        knowledge_graph: KnowledgeGraph,
+        instances: InstanceOrchestrator,
+        clock: Clock,
+        ids: IdGenerator,
+        events: EventPublisher,
+        policy: ServicePolicy | None = None,
+    ) -> None:
+        self.runs = runs
+        self.provisioner = provisioner
+        self.gateway = gateway
+        self.synchronizer = synchronizer
+        self.knowledge_graph = knowledge_graph
+        self.instances = instances
+        self.clock = clock
+        self.ids = ids
+        self.events = events
+        self.policy = policy or ServicePolicy()
+        self._clusters: dict[ProjectRef, tuple[ClusterHandle, datetime]] = {}
+        self._steps: dict[RunState, Callable[[_Tracked], None]] = {
+            RunState.ACCEPTED: self._provision,
+            RunState.PROVISIONING: self._await_cluster,
+            RunState.SUBMITTING: self._submit,
+            RunState.SYNCING: self._sync,
+            RunState.REGISTERING: self._register,
+            RunState.CANCELLING: self._finish_cancel,
+        }
+
+    # ================================================================ requests
+
+    def submit(
+        self,
+        principal: Principal,
+        project: ProjectRef,
+        request: SimulationRequest,
+        idempotency_key: str | None = None,
+    ) -> SimulationRun:
+        """Record a new run (or return the one this idempotency key made) and make sure the
+        project's workflow instance is up to drive it."""
+        authorize(principal, project, Action.SUBMIT)
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+            raise InvalidRequest(
+                [FieldError("Idempotency-Key", "must be 1 to 128 printable ASCII characters")]
+            )
+        run = self._replay_of(project, idempotency_key, request)
+        if run is None:
+            header = RunHeader(
+                run_id=self.ids.new_run_id(),
+                project=project,
+                requested_by=Requester(principal.subject, principal.username),
+                request=request,
+                created_at=self.clock.now(),
+                idempotency_key=idempotency_key,
+            )
+            run = SimulationRun.accept(header)
+            try:
+                self.runs.add(run)
+            except IdempotencyConflict:
+                # Another request with the same key won the race: answer as a replay.
+                replay = self._replay_of(project, idempotency_key, request)
+                if replay is None:
+                    raise
+                run = replay
+            else:
+                self._publish(run, 0)
+        try:
+            self.instances.ensure(project)
+        except DomainError as exc:
+            raise ServiceUnavailable(
+                f"run {run.run_id} is recorded, but the project's workflow instance could not "
+                f"be started ({exc.message}); retry with the same Idempotency-Key"
+            ) from exc
+        return run
+
+    def get(self, principal: Principal, project: ProjectRef, run_id: str) -> SimulationRun:
+        authorize(principal, project, Action.READ)
+        return self.runs.get(project, run_id)
+
+    def list_runs(
+        self,
+        principal: Principal,
+        project: ProjectRef,
+        states: Collection[RunState] | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        authorize(principal, project, Action.LIST)
+        if not 1 <= limit <= 500:
+            raise InvalidRequest([FieldError("limit", "must be between 1 and 500")])
+        return self.runs.list(project, states, cursor, limit)
+
+    def cancel(
+        self, principal: Principal, project: ProjectRef, run_id: str, reason: str = ""
+    ) -> SimulationRun:
+        """Ask for a run to stop. Idempotent; a finished run cannot be cancelled."""
+        authorize(principal, project, Action.READ)
+        for _ in range(5):
+            run = self.runs.get(project, run_id)
+            authorize(principal, project, Action.CANCEL_OWN, owner=run.header.requested_by.subject)
+            if run.state in (RunState.CANCELLING, RunState.CANCELLED):
+                return run
+            if run.terminal:
+                raise Conflict(f"run {run_id} is already {run.state.value} and cannot be cancelled")
+            tracked = _Tracked(run)
+            run.request_cancel(
+                self.clock.now(), by=principal.username or principal.subject, reason=reason[:500]
+            )
+            try:
+                self._commit(tracked)
+            except Conflict:
+                continue  # the pipeline moved the run meanwhile: look again
+            return run
+        raise ServiceUnavailable(f"run {run_id} is changing too fast to cancel; try again")
+
+    def log(self, principal: Principal, project: ProjectRef, run_id: str, max_bytes: int) -> str:
+        """The end of the run's job log, read from the cluster."""
+        run = self.get(principal, project, run_id)
+        if run.cluster_name is None:
+            return ""
+        cluster = self._cluster(project)
+        size = max(1, min(max_bytes, self.policy.max_log_bytes))
+        return self.gateway.tail_log(cluster, cluster.run_folder(run.run_id), size)
+
+    def instance(self, principal: Principal, project: ProjectRef) -> InstanceInfo | None:
+        authorize(principal, project, Action.READ_INSTANCE)
+        return self.instances.describe(project)
+
+    # ================================================================ the pipeline
+
+    def advance(self, project: ProjectRef, run_id: str) -> bool:
+        """Take one step of the run's pipeline. True when the run changed.
+
+        Waiting states (QUEUED, RUNNING) are moved by ``monitor_cycle``, not here.
+        """
+        run = self.runs.get(project, run_id)
+        step = self._steps.get(run.state)
+        if step is None:
+            return False
+        tracked = _Tracked(run)
+        before = run.version
+        try:
+            step(tracked)
+        except ClusterUnreachable as exc:
+            if not run.terminal:
+                run.mark_stale(self.clock.now(), exc.message)
+        except ServiceUnavailable:
+            pass  # transient: the next step tries again; nothing was decided
+        except Conflict:
+            return True  # someone else moved the run: it changed, just not by us
+        if tracked.dirty:
+            try:
+                self._commit(tracked)
+            except Conflict:
+                return True
+        return run.version != before
+
+    def monitor_cycle(self, project: ProjectRef | None = None) -> CycleReport:
+        """Ask each cluster once about all of its watched jobs and apply the answers."""
+        watched: dict[ProjectRef, list[SimulationRun]] = defaultdict(list)
+        for run in self.runs.list_active(project):
+            if _watched_job(run) is not None:
+                watched[run.project].append(run)
+        changed: list[tuple[ProjectRef, str]] = []
+        unreachable: list[str] = []
+        jobs = 0
+        for proj, runs in watched.items():
+            try:
+                cluster = self._cluster(proj)
+                ids = [job for run in runs if (job := _watched_job(run)) is not None]
+                jobs += len(ids)
+                answers = self.gateway.poll(cluster, ids)
+            except ClusterUnreachable as exc:
+                unreachable.append(str(proj))
+                for run in runs:
+                    tracked = _Tracked(run)
+                    run.mark_stale(self.clock.now(), exc.message)
+                    if self._save_if_changed(tracked):
+                        changed.append((proj, run.run_id))
+                continue
+            except ServiceUnavailable:
+                continue
+            for run in runs:
+                obs = answers.get(_watched_job(run) or "")
+                if obs is None:
+                    continue
+                tracked = _Tracked(run)
+                _observe(run, self.clock.now(), obs)
+                if self._save_if_changed(tracked):
+                    changed.append((proj, run.run_id))
+        return CycleReport(len(watched), jobs, tuple(changed), tuple(unreachable))
+
+    def sweep(self, project: ProjectRef | None = None) -> list[tuple[ProjectRef, str]]:
+        """One round: a monitor cycle, then one step for every active run. What changed."""
+        changed = list(self.monitor_cycle(project).changed)
+        for run in self.runs.list_active(project):
+            if self.advance(run.project, run.run_id):
+                changed.append((run.project, run.run_id))
+        return changed
+
+    # ================================================================ the steps
+
+    def _provision(self, t: _Tracked) -> None:
+        status = self.provisioner.request(t.run.project)
+        now = self.clock.now()
+        if status.phase is ProvisioningPhase.FAILED:
+            t.run.fail(now, f"the project's cluster could not be created: {status.detail}")
+            return
+        t.run.start_provisioning(now)
+        if status.cluster is not None:
+            self._remember(t.run.project, status.cluster)
+            t.run.cluster_ready(now, status.cluster.name)
+
+    def _await_cluster(self, t: _Tracked) -> None:
+        project = t.run.project
+        status = self.provisioner.describe(project)
+        now = self.clock.now()
+        if status.cluster is not None:
+            self._remember(project, status.cluster)
+            t.run.cluster_ready(now, status.cluster.name)
+        elif status.phase is ProvisioningPhase.FAILED:
+            t.run.fail(now, f"the project's cluster could not be created: {status.detail}")
+        elif status.phase is ProvisioningPhase.NOT_FOUND:
+            self.provisioner.request(project)  # idempotent: ask again
+        elif now - _entered(t.run, RunState.PROVISIONING) > self.policy.provisioning_timeout:
+            minutes = int(self.policy.provisioning_timeout.total_seconds() // 60)
+            t.run.fail(
+                now,
+                f"the project's cluster was not ready after {minutes} minutes"
+                + (f" (last status: {status.detail})" if status.detail else ""),
+            )
+
+    def _submit(self, t: _Tracked) -> None:
+        """Exactly once: intent persisted, job tagged, lookup by tag before any retry."""
+        run = t.run
+        cluster = self._cluster(run.project)
+        if run.submit_attempts > 0:
+            found = self.gateway.find_by_tag(cluster, run.header.tag)
+            if found is not None:
+                run.job_submitted(self.clock.now(), found, adopted=True)
+                return
+            if run.submit_attempts >= self.policy.max_submit_attempts:
+                run.fail(
+                    self.clock.now(),
+                    f"the job could not be submitted in {run.submit_attempts} attempts",
+                )
+                return
+        spec = build_job_spec(run.header, cluster)
+        run.record_submit_attempt(self.clock.now())
+        self._commit(t)  # the intent, durable before anything reaches the cluster
+        try:
+            job_id: str | None = self.gateway.submit(cluster, spec)
+        except SubmissionUnclear:
+            job_id = self.gateway.find_by_tag(cluster, run.header.tag)
+            if job_id is None:
+                return  # the next step looks again, then resubmits
+        except SubmissionRejected as exc:
+            run.fail(self.clock.now(), f"the cluster refused the job: {exc.message}")
+            return
+        assert job_id is not None
+        run.job_submitted(self.clock.now(), job_id)
+        try:
+            self._commit(t)
+        except Conflict:
+            self._orphan_check(run.project, run.run_id, cluster, job_id)
+            raise
+
+    def _orphan_check(
+        self, project: ProjectRef, run_id: str, cluster: ClusterHandle, job_id: str
+    ) -> None:
+        """A run changed under a submission (cancelled meanwhile): never leave its job behind."""
+        current = self.runs.get(project, run_id)
+        if current.job_id != job_id and current.state is not RunState.SUBMITTING:
+            self.gateway.cancel(cluster, job_id)
+
+    def _sync(self, t: _Tracked) -> None:
+        run = t.run
+        now = self.clock.now()
+        limits = self.policy.sync_limits
+        if run.sync_attempts >= limits.max_attempts:
+            run.fail(
+                now,
+                f"outputs could not be synchronised in {run.sync_attempts} attempts: "
+                f"{run.sync_problem}",
+            )
+            return
+        if run.sync_job_id is not None and not run.sync_job_done:
+            return  # the elevated job is running: the monitor cycle watches it
+        cluster = self._cluster(run.project)
+        plan = self._plan(run, cluster)
+        if isinstance(plan, SyncRefused):
+            shown = ", ".join(plan.offending[:20])
+            run.fail(now, f"outputs cannot be synchronised: {plan.reason}: {shown}")
+            return
+        if run.sync_kind is None:
+            run.sync_planned(now, plan.kind, len(plan.files))
+        try:
+            if isinstance(plan, LustreHsmExport) and run.sync_job_done:
+                outcome = self.synchronizer.confirm(cluster, run.header, plan)
+            else:
+                started = self.synchronizer.start(
+                    cluster, run.header, plan, attempt=run.sync_attempts + 1
+                )
+                if isinstance(started, SyncJobSubmitted):
+                    run.sync_job_started(self.clock.now(), started.job_id)
+                    return
+                outcome = self.synchronizer.confirm(cluster, run.header, plan)
+        except SyncIncomplete as exc:
+            run.sync_attempt_failed(self.clock.now(), exc.message)
+            return
+        run.sync_confirmed(self.clock.now(), outcome)
+
+    def _plan(self, run: SimulationRun, cluster: ClusterHandle) -> SyncPlan | SyncRefused:
+        folder = cluster.run_folder(run.run_id)
+        found = {f.path: f.size for f in self.gateway.list_outputs(cluster, folder)}
+        return choose_sync(
+            cluster.storage, folder, run.header.request.outputs, found, self.policy.sync_limits
+        )
+
+    def _register(self, t: _Tracked) -> None:
+        run = t.run
+        assert run.sync_outcome is not None
+        assert run.job_id is not None
+        started = _entered(run, RunState.RUNNING, default=_entered(run, RunState.QUEUED))
+        provenance = RunProvenance(
+            header=run.header,
+            cluster_name=run.cluster_name or "",
+            job_id=run.job_id,
+            started_at=started,
+            ended_at=_entered(run, RunState.SYNCING),
+            outcome=run.sync_outcome,
+            exit_code=run.exit_code,
+        )
+        registration = self.knowledge_graph.register(provenance)
+        run.registered(self.clock.now(), registration.activity_id, registration.entity_ids)
+
+    def _finish_cancel(self, t: _Tracked) -> None:
+        run = t.run
+        cluster = self._cluster(run.project)
+        job = run.job_id
+        if job is None and run.submit_attempts > 0:
+            job = self.gateway.find_by_tag(cluster, run.header.tag)
+        if job is not None:
+            self.gateway.cancel(cluster, job)
+        if run.sync_job_id is not None and not run.sync_job_done:
+            self.gateway.cancel(cluster, run.sync_job_id, KeyRole.ADMIN)
+        run.cancel_confirmed(self.clock.now())
+
+    # ================================================================ plumbing
+
+    def _cluster(self, project: ProjectRef) -> ClusterHandle:
+        cached = self._clusters.get(project)
+        now = self.clock.now()
+        if cached is not None and now - cached[1] < self.policy.cluster_cache_ttl:
+            return cached[0]
+        status = self.provisioner.describe(project)
+        if status.cluster is None:
+            raise ClusterUnreachable(
+                f"the project's cluster is not available ({status.phase.value}"
+                + (f": {status.detail})" if status.detail else ")")
+            )
+        self._remember(project, status.cluster)
+        return status.cluster
+
+    def _remember(self, project: ProjectRef, cluster: ClusterHandle) -> None:
+        self._clusters[project] = (cluster, self.clock.now())
+
+    def _replay_of(
+        self, project: ProjectRef, key: str | None, request: SimulationRequest
+    ) -> SimulationRun | None:
+        if key is None:
+            return None
+        existing = self.runs.find_by_idempotency_key(project, key)
+        if existing is None:
+            return None
+        if existing.header.request.digest() != request.digest():
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used for a different request in this project"
+            )
+        return existing
+
+    def _commit(self, t: _Tracked) -> None:
+        if not t.dirty:
+            return
+        self.runs.save(t.run, t.saved)
+        published_from = t.saved
+        t.saved = t.run.version
+        self._publish(t.run, published_from)
+
+    def _save_if_changed(self, t: _Tracked) -> bool:
+        """Store a change; a lost race is left to the next cycle."""
+        if not t.dirty:
+            return False
+        try:
+            self._commit(t)
+        except Conflict:
+            return False
+        return True
+
+    def _publish(self, run: SimulationRun, since_version: int) -> None:
+        for event in run.events[since_version:]:
+            self.events.publish(run.project, run.run_id, event)
+
+
+def _observe(run: SimulationRun, at: datetime, obs: JobObservation) -> None:
+    if run.state is RunState.SYNCING:
+        run.sync_job_observed(at, obs)
+    else:
+        run.job_observed(at, obs)
+
+
+def _watched_job(run: SimulationRun) -> str | None:
+    """The scheduler job the monitor must watch for this run, if any."""
+    if run.state in JOB_STATES:
+        return run.job_id
+    if run.state is RunState.SYNCING and run.sync_job_id and not run.sync_job_done:
+        return run.sync_job_id
+    return None
+
+
+def _entered(run: SimulationRun, state: RunState, default: datetime | None = None) -> datetime:
+    """When the run last entered ``state`` (or ``default``, or its creation)."""
+    for event in reversed(run.events):
+        if event.to_state is state and event.is_transition:
+            return event.at
+    return default if default is not None else run.header.created_at

@@ -1,0 +1,134 @@
+"""Jobs on the cluster's scheduler, as observed: every Slurm state, mapped explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class JobState(Enum):
+    """Slurm's job states, plus UNKNOWN for "the scheduler could not tell us"."""
+
+    PENDING = "PENDING"
+    CONFIGURING = "CONFIGURING"
+    RUNNING = "RUNNING"
+    COMPLETING = "COMPLETING"
+    SUSPENDED = "SUSPENDED"
+    REQUEUED = "REQUEUED"
+    RESIZING = "RESIZING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
+    UNKNOWN = "UNKNOWN"
+
+    @classmethod
+    def parse(cls, text: str) -> JobState:
+        """Read a state as squeue or sacct prints it ("CANCELLED by 1000" included)."""
+        word = text.strip().split(" ", 1)[0].rstrip("+").upper()
+        aliases = {
+            "CA": "CANCELLED",
+            "CD": "COMPLETED",
+            "F": "FAILED",
+            "PD": "PENDING",
+            "R": "RUNNING",
+            "CG": "COMPLETING",
+            "TO": "TIMEOUT",
+            "OOM": "OUT_OF_MEMORY",
+            "NF": "NODE_FAIL",
+            "PR": "PREEMPTED",
+            "BF": "BOOT_FAIL",
+            "DL": "DEADLINE",
+            "CF": "CONFIGURING",
+            "S": "SUSPENDED",
+            "RQ": "REQUEUED",
+            "RS": "RESIZING",
+        }
+        word = aliases.get(word, word)
+        try:
+            return cls(word)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class JobPhase(Enum):
+    """What a scheduler state means for a run."""
+
+    WAITING = "waiting"  # accepted by the scheduler, not started
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"  # no positive evidence either way: never a failure
+
+
+PHASE_OF: dict[JobState, JobPhase] = {
+    JobState.PENDING: JobPhase.WAITING,
+    JobState.CONFIGURING: JobPhase.WAITING,
+    JobState.REQUEUED: JobPhase.WAITING,
+    JobState.RESIZING: JobPhase.WAITING,
+    JobState.RUNNING: JobPhase.RUNNING,
+    JobState.COMPLETING: JobPhase.RUNNING,
+    JobState.SUSPENDED: JobPhase.RUNNING,
+    JobState.COMPLETED: JobPhase.SUCCEEDED,
+    JobState.FAILED: JobPhase.FAILED,
+    JobState.TIMEOUT: JobPhase.FAILED,
+    JobState.NODE_FAIL: JobPhase.FAILED,
+    JobState.PREEMPTED: JobPhase.FAILED,
+    JobState.OUT_OF_MEMORY: JobPhase.FAILED,
+    JobState.BOOT_FAIL: JobPhase.FAILED,
+    JobState.DEADLINE: JobPhase.FAILED,
+    JobState.CANCELLED: JobPhase.CANCELLED,
+    JobState.UNKNOWN: JobPhase.UNKNOWN,
+}
+
+_FAILURE_TEXT: dict[JobState, str] = {
+    JobState.FAILED: "the job failed",
+    JobState.TIMEOUT: "the job reached its time limit",
+    JobState.NODE_FAIL: "a node of the job failed",
+    JobState.PREEMPTED: "the job was preempted",
+    JobState.OUT_OF_MEMORY: "the job ran out of memory",
+    JobState.BOOT_FAIL: "a node of the job failed to boot",
+    JobState.DEADLINE: "the job missed its deadline",
+}
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """One job's state as the scheduler reported it, with the raw line it was read from."""
+
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    signal: int | None = None
+    raw: str = ""
+    source: str = ""  # "squeue", "sacct" or "" when nothing answered
+
+    @property
+    def phase(self) -> JobPhase:
+        return PHASE_OF[self.state]
+
+    def failure_reason(self) -> str:
+        base = _FAILURE_TEXT.get(self.state, f"the job ended as {self.state.value}")
+        if self.exit_code is not None:
+            base += f" (exit code {self.exit_code}"
+            base += f", signal {self.signal})" if self.signal else ")"
+        return base
+
+    @classmethod
+    def unknown(cls, job_id: str, raw: str = "") -> JobObservation:
+        return cls(job_id, JobState.UNKNOWN, raw=raw)
+
+
+def parse_exit_code(text: str) -> tuple[int | None, int | None]:
+    """Slurm's ``code:signal``; anything unreadable is (None, None)."""
+    code, _, sig = text.strip().partition(":")
+    try:
+        return int(code), int(sig or 0)
+    except ValueError:
+        return None, None

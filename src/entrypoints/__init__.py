@@ -1,0 +1,1 @@
+"""The ways in: Lambda handlers, the workflow container, the command line."""

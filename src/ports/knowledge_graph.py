@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from obp_workflow.core.run import RunHeader
+from obp_workflow.core.sync import SyncOutcome
+
+
+@dataclass(frozen=True)
+class RunProvenance:
+    """What the knowledge graph records of a finished run."""
+
+    header: RunHeader
+    cluster_name: str
+    job_id: str
+    started_at: datetime
+    ended_at: datetime
+    outcome: SyncOutcome
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    activity_id: str
+    entity_ids: Sequence[str]
+
+
+@runtime_checkable
+class KnowledgeGraph(Protocol):
+    @abstractmethod
+    def register(self, provenance: RunProvenance) -> Registration:
+        """Record the run's activity and one entity per output. Ids are derived from the run:
+        registering again updates, never duplicates."""

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.run import RunState, SimulationRun
+
+
+@dataclass(frozen=True)
+class Page:
+    runs: Sequence[SimulationRun]
+    next_cursor: str | None
+
+
+@runtime_checkable
+class RunRepository(Protocol):
+    """Durable runs, with optimistic concurrency on ``version``."""
+
+    @abstractmethod
+    def add(self, run: SimulationRun) -> None:
+        """Store a new run. Conflict when its id exists, IdempotencyConflict when its
+        idempotency key is already taken in the project."""
+
+    @abstractmethod
+    def get(self, project: ProjectRef, run_id: str) -> SimulationRun:
+        """NotFound when the project has no such run."""
+
+    @abstractmethod
+    def save(self, run: SimulationRun, expected_version: int) -> None:
+        """Store ``run`` if the stored version is still ``expected_version``; else Conflict."""
+
+    @abstractmethod
+    def find_by_idempotency_key(self, project: ProjectRef, key: str) -> SimulationRun | None: ...
+
+    @abstractmethod
+    def list(
+        self,
+        project: ProjectRef,
+        states: Collection[RunState] | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """A project's runs, newest first. The cursor is opaque and bound to the project and
+        filter: a cursor from elsewhere is InvalidRequest."""
+
+    @abstractmethod
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
+        """Every run not yet terminal (of one project, or of all)."""
