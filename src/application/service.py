@@ -61,6 +61,8 @@ class ServicePolicy:
     """The knobs of the pipeline; every one has a sane default."""
 
     provisioning_timeout: timedelta = timedelta(minutes=60)
+    #: Submissions whose reply was lost, with no job found by tag, before the run fails.
+    #: An unreachable cluster never counts: it makes the run STALE, not FAILED.
     max_submit_attempts: int = 5
     cluster_cache_ttl: timedelta = timedelta(seconds=60)
     sync_limits: SyncLimits = field(default_factory=SyncLimits)
@@ -241,8 +243,8 @@ class WorkflowService:
         except ClusterUnreachable as exc:
             if not run.terminal:
                 run.mark_stale(self.clock.now(), exc.message)
-        except ServiceUnavailable:
-            pass  # transient: the next step tries again; nothing was decided
+        except (ServiceUnavailable, SubmissionUnclear):
+            pass  # transient: the next step tries again (idempotently); nothing was decided
         except Conflict:
             return True  # someone else moved the run: it changed, just not by us
         if tracked.dirty:
@@ -336,12 +338,12 @@ class WorkflowService:
             if found is not None:
                 run.job_submitted(self.clock.now(), found, adopted=True)
                 return
-            if run.submit_attempts >= self.policy.max_submit_attempts:
-                run.fail(
-                    self.clock.now(),
-                    f"the job could not be submitted in {run.submit_attempts} attempts",
-                )
-                return
+        if run.submit_unclear >= self.policy.max_submit_attempts:
+            run.fail(
+                self.clock.now(),
+                f"the cluster did not confirm {run.submit_unclear} submissions of the job",
+            )
+            return
         spec = build_job_spec(run.header, cluster)
         run.record_submit_attempt(self.clock.now())
         self._commit(t)  # the intent, durable before anything reaches the cluster
@@ -350,6 +352,7 @@ class WorkflowService:
         except SubmissionUnclear:
             job_id = self.gateway.find_by_tag(cluster, run.header.tag)
             if job_id is None:
+                run.record_submit_unclear(self.clock.now())
                 return  # the next step looks again, then resubmits
         except SubmissionRejected as exc:
             run.fail(self.clock.now(), f"the cluster refused the job: {exc.message}")

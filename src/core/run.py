@@ -58,7 +58,7 @@ TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     S.SUBMITTING: frozenset({S.QUEUED, S.FAILED, S.CANCELLING, S.CANCELLED}),
     S.QUEUED: frozenset({S.RUNNING, S.SYNCING, S.FAILED, S.CANCELLING, S.CANCELLED}),
     S.RUNNING: frozenset({S.QUEUED, S.SYNCING, S.FAILED, S.CANCELLING, S.CANCELLED}),
-    S.SYNCING: frozenset({S.REGISTERING, S.FAILED, S.CANCELLING}),
+    S.SYNCING: frozenset({S.REGISTERING, S.FAILED, S.CANCELLING, S.CANCELLED}),
     S.REGISTERING: frozenset({S.DONE, S.FAILED, S.CANCELLED}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED}),
     S.DONE: frozenset(),
@@ -123,6 +123,7 @@ class SimulationRun:
         self.job_id: str | None = None
         self.job_adopted = False
         self.submit_attempts = 0
+        self.submit_unclear = 0
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.scheduler_raw: str | None = None
@@ -217,7 +218,19 @@ class SimulationRun:
             {"submit_attempts": str(self.submit_attempts + 1)},
         )
 
+    def record_submit_unclear(self, at: datetime) -> None:
+        """A submission's reply was lost and no job carries the run's tag: it will be retried."""
+        self._require(RunState.SUBMITTING)
+        self._record(
+            at,
+            "submit-unclear",
+            self.state,
+            "the submission was not confirmed and no job carries the run's tag",
+            {"submit_unclear": str(self.submit_unclear + 1)},
+        )
+
     def job_submitted(self, at: datetime, job_id: str, *, adopted: bool = False) -> None:
+        self._require(RunState.SUBMITTING)
         if not job_id:
             raise IllegalTransition("a submitted job needs its job id")
         reason = (
@@ -398,6 +411,7 @@ class SimulationRun:
         self._transition(at, "cancel-requested", target, why, {"cancelled_by": by})
 
     def cancel_confirmed(self, at: datetime) -> None:
+        self._require(RunState.CANCELLING)
         self._transition(at, "cancelled", RunState.CANCELLED, "the cluster confirmed the cancel")
 
     # ---------------------------------------------------------------- the machinery
@@ -504,6 +518,7 @@ _FACTS: Mapping[str, _Fact] = {
     "job_id": _Fact("job_id"),
     "adopted": _Fact("job_adopted", bool),
     "submit_attempts": _Fact("submit_attempts", int),
+    "submit_unclear": _Fact("submit_unclear", int),
     "exit_code": _Fact("exit_code", _opt_int),
     "signal": _Fact("signal", _opt_int),
     "scheduler_raw": _Fact("scheduler_raw"),

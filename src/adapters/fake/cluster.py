@@ -57,6 +57,8 @@ class FakeCluster(ClusterGateway):
         self.output_size = output_size
         self.submitted_tags: list[str] = []
         self.scheduler_queries = 0
+        self.late_answers = 0  # the next N polls repeat the previous answer (late news)
+        self._last: dict[str, JobObservation] = {}
         self._outcomes: dict[str, tuple[JobState, int]] = {}
         self._next_id = 1000
         self._lock = threading.RLock()
@@ -105,6 +107,11 @@ class FakeCluster(ClusterGateway):
                 )
                 for job_id in job_ids
             }
+            if self.late_answers > 0:
+                self.late_answers -= 1
+                answer = {j: self._last.get(j, obs) for j, obs in answer.items()}
+            else:
+                self._last.update(answer)
         self.faults.after("poll")
         return answer
 

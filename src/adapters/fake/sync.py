@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from obp_workflow.core.cluster import ClusterHandle, KeyRole
-from obp_workflow.core.errors import SyncIncomplete
+from obp_workflow.core.errors import SubmissionUnclear, SyncIncomplete
 from obp_workflow.core.jobspec import JobSpec
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import LustreHsmExport, SyncedFile, SyncOutcome, SyncPlan
@@ -60,7 +60,12 @@ class FakeDataSynchronizer(DataSynchronizer):
                     role=KeyRole.ADMIN,
                     files={f"sync-{attempt}.sbatch": "#!/bin/bash\n# hsm archive\n"},
                 )
-                job_id = self.cluster.submit(cluster, spec)
+                try:
+                    job_id = self.cluster.submit(cluster, spec)
+                except SubmissionUnclear:
+                    job_id = self.cluster.find_by_tag(cluster, tag, KeyRole.ADMIN)
+                    if job_id is None:
+                        raise
                 self.cluster.on_complete(job_id, self._archiver(plan))
             self.faults.after("start")
             return SyncJobSubmitted(job_id)

@@ -1,0 +1,305 @@
+"""The application over the in-memory adapters, with faults, driven by hypothesis.
+
+Runs are submitted in two projects (one cluster with Lustre, one without) while the pipeline is
+stepped, the monitor polls, jobs progress, and faults strike: a crash between a side effect and
+its save, a lost sbatch reply, late or repeated job states, an unreachable cluster, a job
+forgotten by the scheduler, cancels at any point, a clock that moves. After every step: exactly
+one cluster job per run, no run lost, runs never touch each other's jobs, and nothing unreachable
+ever becomes FAILED. At the end the faults stop, and every run must reach a terminal state.
+"""
+
+from __future__ import annotations
+
+from hypothesis import event, note
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+from obp_workflow.adapters.fake.cluster import FakeCluster
+from obp_workflow.adapters.fake.knowledge_graph import InMemoryKnowledgeGraph
+from obp_workflow.adapters.fake.provisioner import FakeProvisioner, example_cluster
+from obp_workflow.adapters.fake.runs import InMemoryRunRepository
+from obp_workflow.adapters.fake.simple import InMemoryInstances
+from obp_workflow.adapters.fake.sync import FakeDataSynchronizer, InMemoryBucket
+from obp_workflow.adapters.fake.system import ManualClock, RecordingPublisher, SequentialIds
+from obp_workflow.application.service import ServicePolicy, WorkflowService
+from obp_workflow.core.errors import (
+    ClusterUnreachable,
+    Conflict,
+    ServiceUnavailable,
+    SubmissionUnclear,
+)
+from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
+from obp_workflow.core.jobs import PHASE_OF, JobPhase, JobState
+from obp_workflow.core.request import SimulationRequest
+from obp_workflow.core.run import RunState
+from obp_workflow.core.sync import SyncLimits
+
+VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
+LUSTRE = ProjectRef.parse(VLAB, "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20")
+SHARED = ProjectRef.parse(VLAB, "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")
+USER = Principal(
+    "subject-ada",
+    "ada",
+    parse_groups(
+        [f"/proj/{VLAB}/{LUSTRE.project_id}/member", f"/proj/{VLAB}/{SHARED.project_id}/member"]
+    ),
+)
+REQUEST = SimulationRequest.parse({"command": ["run-sim"], "outputs": ["out/a.h5", "out/b.h5"]})
+FAILURE_STATES = [s for s, p in PHASE_OF.items() if p is JobPhase.FAILED]
+
+#: Reasons the application may give for a FAILED run; each needs positive evidence.
+EVIDENCED_FAILURES = (
+    "the project's cluster could not be created",
+    "the cluster did not confirm",
+    "the cluster refused the job",
+    "outputs cannot be synchronised",
+    "outputs could not be synchronised",
+)
+
+
+class Crash(Exception):
+    """The process died: whatever was not saved is lost."""
+
+
+class ApplicationWithFaults(RuleBasedStateMachine):
+    runs = Bundle("runs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = ManualClock()
+        self.repo = InMemoryRunRepository()
+        self.cluster = FakeCluster(auto_progress=False)
+        self.provisioner = FakeProvisioner(
+            ready_after=1,
+            cluster_for=lambda p: example_cluster(p, lustre=p == LUSTRE),
+        )
+        self.bucket = InMemoryBucket()
+        self.graph = InMemoryKnowledgeGraph()
+        self.service = WorkflowService(
+            runs=self.repo,
+            provisioner=self.provisioner,
+            gateway=self.cluster,
+            synchronizer=FakeDataSynchronizer(self.cluster, self.bucket, self.graph),
+            knowledge_graph=self.graph,
+            instances=InMemoryInstances(self.clock),
+            clock=self.clock,
+            ids=SequentialIds(),
+            events=RecordingPublisher(),
+            policy=ServicePolicy(sync_limits=SyncLimits(max_attempts=3)),
+        )
+        self.submitted: dict[str, ProjectRef] = {}
+        self.cancel_requested: set[str] = set()
+        self.doomed: dict[str, JobState] = {}
+
+    # ------------------------------------------------------------ requests
+
+    @rule(target=runs, lustre=st.booleans(), key=st.sampled_from([None, "k1", "k2"]))
+    def submit(self, lustre: bool, key: str | None) -> str:
+        project = LUSTRE if lustre else SHARED
+        run = self.service.submit(USER, project, REQUEST, idempotency_key=key)
+        if key is not None and run.run_id in self.submitted:
+            event("idempotent replay")
+        self.submitted[run.run_id] = project
+        return run.run_id
+
+    @rule(outcome=st.sampled_from(FAILURE_STATES), code=st.integers(1, 9))
+    def doom_next_run(self, outcome: JobState, code: int) -> None:
+        """The next run's job will end badly (set before it is submitted)."""
+        run_id = f"run-{len(self.submitted) + 1:08d}"
+        self.cluster.script_outcome(f"obp-{run_id}", outcome, code)
+        self.doomed[run_id] = outcome
+
+    @rule(run_id=runs)
+    def cancel(self, run_id: str) -> None:
+        try:
+            run = self.service.cancel(USER, self.submitted[run_id], run_id)
+        except Conflict:
+            event("cancel refused: run already finished")
+            return
+        except Crash:
+            event("crash during a cancel")
+            return
+        self.cancel_requested.add(run_id)
+        event(f"cancel reached {run.state.value}")
+
+    # ------------------------------------------------------------ the pipeline
+
+    @rule(run_id=runs)
+    def advance(self, run_id: str) -> None:
+        try:
+            self.service.advance(self.submitted[run_id], run_id)
+        except Crash:
+            event("crash during a step")
+
+    @rule()
+    def monitor(self) -> None:
+        try:
+            report = self.service.monitor_cycle()
+        except Crash:
+            event("crash during a monitor cycle")
+            return
+        assert report.clusters_polled <= 2, "one poll per cluster per cycle"
+
+    @rule()
+    def sweep(self) -> None:
+        """The worker's round: one monitor cycle, then one step of every active run."""
+        try:
+            self.service.sweep()
+        except Crash:
+            event("crash during a sweep")
+
+    @rule(rounds=st.integers(1, 6))
+    def the_worker_runs_a_while(self, rounds: int) -> None:
+        """Jobs progress and the worker sweeps, round after round (faults still armed)."""
+        for _ in range(rounds):
+            self.cluster.step()
+            self.clock.advance(20)
+            try:
+                self.service.sweep()
+            except Crash:
+                event("crash during a sweep")
+
+    @rule(seconds=st.integers(1, 900))
+    def time_passes(self, seconds: int) -> None:
+        self.clock.advance(seconds)
+
+    @rule(data=st.data())
+    def a_job_moves(self, data: st.DataObject) -> None:
+        live = sorted(
+            j for j, job in self.cluster.jobs.items() if job.state.value in ("PENDING", "RUNNING")
+        )
+        if live:
+            self.cluster.step(data.draw(st.sampled_from(live)))
+
+    @rule(data=st.data())
+    def scheduler_forgets_a_finished_job(self, data: st.DataObject) -> None:
+        done = sorted(
+            j
+            for j, job in self.cluster.jobs.items()
+            if job.in_queue and job.state.value not in ("PENDING", "RUNNING")
+        )
+        if done:
+            self.cluster.forget(data.draw(st.sampled_from(done)))
+            event("a finished job left the queue")
+
+    # ------------------------------------------------------------ faults
+
+    @rule(
+        fault=st.sampled_from(
+            [
+                "save",
+                "submit-lost",
+                "submit-unreachable",
+                "poll",
+                "late",
+                "describe",
+                "register-lost",
+                "find",
+            ]
+        )
+    )
+    def inject(self, fault: str) -> None:
+        event(f"fault: {fault}")
+        if fault == "save":
+            self.repo.faults.fail_next("save", Crash("crash before the save"))
+        elif fault == "submit-lost":
+            self.cluster.faults.lose_reply_next("submit", SubmissionUnclear("reply lost"))
+        elif fault == "submit-unreachable":
+            self.cluster.faults.fail_next("submit", ClusterUnreachable("connection dropped"))
+        elif fault == "poll":
+            self.cluster.faults.fail_next("poll", ClusterUnreachable("squeue timed out"))
+        elif fault == "late":
+            self.cluster.late_answers += 1
+        elif fault == "describe":
+            self.provisioner.faults.fail_next("describe", ServiceUnavailable("provisioner 500"))
+        elif fault == "register-lost":
+            self.graph.faults.lose_reply_next("register", ServiceUnavailable("reply lost"))
+        elif fault == "find":
+            self.cluster.faults.fail_next("find_by_tag", ClusterUnreachable("lookup failed"))
+
+    @rule(down=st.booleans())
+    def cluster_reachability(self, down: bool) -> None:
+        self.cluster.unreachable = down
+        event("cluster unreachable" if down else "cluster reachable")
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def at_most_one_cluster_job_per_run(self) -> None:
+        for run_id in self.submitted:
+            jobs = self.cluster.jobs_tagged(f"obp-{run_id}")
+            assert len(jobs) <= 1, f"run {run_id} has {len(jobs)} jobs on the cluster"
+        sync_tags = [j.tag for j in self.cluster.jobs.values() if "-sync-" in j.tag]
+        assert len(sync_tags) == len(set(sync_tags)), "a sync attempt was submitted twice"
+
+    @invariant()
+    def no_run_is_lost_and_runs_keep_to_their_own_jobs(self) -> None:
+        for run_id, project in self.submitted.items():
+            run = self.repo.get(project, run_id)
+            event(f"state {run.state.value}" + (" (stale)" if run.stale else ""))
+            if run.job_id is not None:
+                assert self.cluster.jobs[run.job_id].tag == f"obp-{run_id}"
+            if run.sync_job_id is not None:
+                assert self.cluster.jobs[run.sync_job_id].tag.startswith(f"obp-{run_id}-sync-")
+
+    @invariant()
+    def failure_needs_positive_evidence(self) -> None:
+        for run_id, project in self.submitted.items():
+            run = self.repo.get(project, run_id)
+            if run.state is not RunState.FAILED:
+                continue
+            reason = run.failure_reason or ""
+            job = self.cluster.jobs.get(run.job_id or "")
+            by_job = job is not None and job.state in FAILURE_STATES
+            assert by_job or reason.startswith(EVIDENCED_FAILURES), reason
+            assert "unreachable" not in reason.lower(), reason
+
+    @invariant()
+    def cancelled_runs_leave_no_live_job(self) -> None:
+        for run_id, project in self.submitted.items():
+            run = self.repo.get(project, run_id)
+            if run.state is RunState.CANCELLED:
+                for job in self.cluster.jobs_tagged(f"obp-{run_id}"):
+                    assert job.state.value not in ("PENDING", "RUNNING"), run_id
+
+    # ------------------------------------------------------------ the end
+
+    def teardown(self) -> None:
+        """Faults stop; every run must then reach a terminal state, each as it should."""
+        self.cluster.faults.clear()
+        self.repo.faults.clear()
+        self.provisioner.faults.clear()
+        self.graph.faults.clear()
+        self.cluster.unreachable = False
+        self.cluster.late_answers = 0
+        for _ in range(60):
+            if not self.repo.list_active():
+                break
+            self.cluster.step()
+            self.clock.advance(30)
+            self.service.sweep()
+        for run_id, project in self.submitted.items():
+            run = self.repo.get(project, run_id)
+            note(f"{run_id}: {' -> '.join(s.value for s in run.states())}")
+            assert run.terminal, f"run {run_id} is still {run.state.value}"
+            event(f"ended {run.state.value}")
+            jobs = self.cluster.jobs_tagged(f"obp-{run_id}")
+            assert len(jobs) <= 1
+            if run.state is RunState.DONE:
+                assert len(jobs) == 1
+                assert run.kg_activity_id in self.graph.resources
+            if run_id not in self.cancel_requested and run_id not in self.doomed:
+                assert run.state is RunState.DONE, (run_id, run.state, run.failure_reason)
+            if run.state is RunState.CANCELLED and run_id not in self.cancel_requested:
+                raise AssertionError(f"run {run_id} was cancelled without anyone asking")
+        # The knowledge graph holds one activity per DONE run, never a duplicate.
+        done = [r for r, p in self.submitted.items() if self.repo.get(p, r).state is RunState.DONE]
+        activities = [
+            i
+            for i, (_, body) in self.graph.resources.items()
+            if body.get("@type") == "WorkflowExecution"
+        ]
+        assert len(activities) == len(set(activities)) == len(done)
+
+
+TestApplicationWithFaults = ApplicationWithFaults.TestCase
