@@ -15,15 +15,6 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# PIDs of the descendants of process $1 (deepest first).
-descendant_pids() {
-  local child
-  for child in $(child_pids "$1"); do
-    descendant_pids "${child}"
-    echo "${child}"
-  done
-}
-
 # PIDs of the slurmstepd processes of this stack: each listens on a unix socket
 # <SlurmdSpoolDir>/localhost_<job>.<step>. They are not children of slurmd (it double-forks
 # them) and they outlive slurmd, so they are found by their sockets.

@@ -163,15 +163,17 @@ pid_alive() {
   [[ -n "${state}" && "${state}" != "Z" ]]
 }
 
-# Start daemon $1 with command "${@:2}" in a new session, detached from our stdio, and record
-# its PID. setsid does not fork here because a background job of a non-interactive shell is not
-# a process group leader, so $! is the daemon itself (checked below).
+# Start daemon $1 with command "${@:2}" in a new session, detached from our stdio, with a
+# minimal environment (not the caller's, e.g. pytest's), and record its PID. setsid and env
+# exec in place (setsid does not fork: a background job of a non-interactive shell is not a
+# process group leader), so $! is the daemon itself (checked below).
 start_daemon() {
   local name="$1"
   shift
   local out="${STACK_LOG}/${name}.out" pid
   set +m
-  setsid "$@" </dev/null >>"${out}" 2>&1 &
+  setsid env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@" \
+    </dev/null >>"${out}" 2>&1 &
   pid=$!
   echo "${pid}" >"$(pid_file "${name}")"
   # Give exec a moment, then make sure the PID runs the daemon and not setsid.
@@ -223,10 +225,14 @@ stop_pid() {
 # Children (direct) of PID $1.
 child_pids() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' || true; }
 
-# PIDs of all processes in session $1 (the session of a daemon started with setsid is the
-# daemon's PID; its helper processes, e.g. slurmstepd or sshd per-connection processes,
-# inherit it unless they start a session of their own).
-session_pids() { ps -e -o pid=,sid= | awk -v s="$1" '$2 == s { print $1 }'; }
+# PIDs of the descendants of process $1, deepest first.
+descendant_pids() {
+  local child
+  for child in $(child_pids "$1"); do
+    descendant_pids "${child}"
+    echo "${child}"
+  done
+}
 
 # Stop daemon $1 by its PID file: SIGTERM, bounded wait, SIGKILL. Idempotent.
 stop_daemon() {
@@ -299,21 +305,22 @@ start_sshd_daemon() {
   start_daemon sshd /usr/sbin/sshd -D -f "${SSHD_CONFIG}" -E "${STACK_LOG}/sshd.log"
 }
 
-# Stop the sshd listener. $1: "close-sessions" also ends the open connections (the
-# per-connection sshd processes are direct children of the listener), like a host going away;
-# "keep-sessions" lets them live on.
+# Stop the sshd listener. $1: "close-sessions" also ends the open connections and the
+# commands running in them (the per-connection sshd processes are the listener's children),
+# like a host going away; "keep-sessions" lets them live on.
 stop_sshd_daemon() {
-  local mode="${1:-}" pid sessions=() s
+  local mode="${1:-}" pid procs=() p
   if ! pid="$(daemon_pid sshd)"; then
     rm -f "$(pid_file sshd)"
     return 0
   fi
   if [[ "${mode}" != keep-sessions ]]; then
-    mapfile -t sessions < <(child_pids "${pid}")
+    # Collected before the listener goes: afterwards the connections are orphans of PID 1.
+    mapfile -t procs < <(descendant_pids "${pid}")
   fi
   stop_daemon sshd
-  for s in "${sessions[@]}"; do
-    [[ -n "${s}" ]] && stop_pid "sshd session" "${s}" 5
+  for p in "${procs[@]}"; do
+    [[ -n "${p}" ]] && stop_pid "ssh session process" "${p}" 5
   done
   return 0
 }

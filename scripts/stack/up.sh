@@ -350,7 +350,6 @@ start_mariadbd() {
       log "initialising the MariaDB data folder"
       rm -rf "${STACK_DB}"
       install -d -m 700 -o mysql -g mysql "${STACK_DB}"
-      check_traversable mysql "${STACK_DB}"
       mariadb-install-db --no-defaults --user=mysql --datadir="${STACK_DB}" \
         --auth-root-authentication-method=socket --skip-test-db \
         >>"${STACK_LOG}/mariadb-install.log" 2>&1 || {
@@ -358,7 +357,6 @@ start_mariadbd() {
         die "mariadb-install-db failed"
       }
     fi
-    check_traversable mysql "${STACK_DB}"
     log "starting mariadbd on 127.0.0.1:${DB_PORT}"
     # --no-defaults: ignore /etc/mysql (Debian's socket, datadir and log settings).
     # Durability settings are relaxed: this is a throw-away test database.
@@ -556,15 +554,31 @@ EOF
 EOF
 }
 
+# On failure, say how to clean up (daemons started so far keep running).
+on_exit() {
+  local rc=$?
+  if ((rc != 0)); then
+    echo "up.sh failed (exit ${rc}); logs: ${STACK_LOG}; stop what runs with:" \
+      "OBP_STACK_DIR=${STACK_DIR} bash ${STACK_SCRIPTS}/down.sh" >&2
+  fi
+}
+
 # ---------------------------------------------------------------------------------------------
 main() {
   require_root
+  trap on_exit EXIT
   log "state folder ${STACK_DIR}"
-  make_dirs
   check_other_stack
+  make_dirs
   install_packages
   setup_munge_key
   setup_users
+  # mariadbd runs as mysql with its data under the state folder; job scripts run as the stack
+  # users from the slurmd spool under the state folder.
+  check_traversable mysql "${STACK_DIR}"
+  for user in "${STACK_USERS[@]}"; do
+    check_traversable "${user}" "${SLURMD_SPOOL_DIR}"
+  done
   write_configs
   if ((FRESH_SLURM_STATE)); then
     # New controller state: the accounting database gets wiped below, so no Slurm daemon may
@@ -574,9 +588,6 @@ main() {
     stop_daemon slurmdbd
     rm -rf "${SLURMD_SPOOL_DIR:?}"/*
   fi
-  for user in "${STACK_USERS[@]}"; do
-    check_traversable "${user}" "${SLURMD_SPOOL_DIR}"
-  done
 
   start_munged
   start_mariadbd

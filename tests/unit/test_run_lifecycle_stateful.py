@@ -7,6 +7,7 @@ leave the run exactly as it was. After every step the invariants of a run are ch
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import event, note
@@ -309,7 +310,7 @@ class RunLifecycle(RuleBasedStateMachine):
         events = self.run.events
         assert events[0].to_state is S.ACCEPTED
         assert events[0].from_state is None
-        for prev, nxt in zip(events, events[1:], strict=False):
+        for prev, nxt in itertools.pairwise(events):
             assert nxt.from_state is prev.to_state
             if nxt.is_transition:
                 assert nxt.to_state in TRANSITIONS[prev.to_state]
