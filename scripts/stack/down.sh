@@ -49,8 +49,10 @@ stop_job_steps() {
 # Stop daemons that still listen on one of the stack's TCP ports although no PID file names
 # them (only processes running the expected daemon binary are touched).
 stop_orphans_by_port() {
-  local name port pid
-  for name in "${!DAEMON_PORT[@]}"; do
+  local i name port pid
+  for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
+    name="${DAEMONS[i]}"
+    [[ -n "${DAEMON_PORT[${name}]:-}" ]] || continue
     port="${DAEMON_PORT[${name}]}"
     while read -r pid; do
       [[ -n "${pid}" ]] || continue
@@ -60,6 +62,11 @@ stop_orphans_by_port() {
       fi
     done < <(ss -Hltnp "sport = :${port}" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u)
   done
+  # munged has no port, and a munged without our PID file may be the system's: only report it.
+  pid="$(head -n 1 /run/munge/munged.pid 2>/dev/null || true)"
+  if ! daemon_running munged && pid_runs "${pid}" /usr/sbin/munged; then
+    warn "a munged (pid ${pid}) runs without the stack's PID file; left running"
+  fi
 }
 
 main() {

@@ -12,7 +12,7 @@
 # started, written to $STACK_RUN/<name>.pid; down.sh stops the daemons by these PIDs.
 #
 # State (configs, keys, logs, PID files, Slurm spools, the MariaDB data folder) lives under
-# $OBP_STACK_DIR (default: <repo>/.stack). Slurm reads /etc/slurm/slurm.conf and
+# $OBP_STACK_DIR (default: /var/tmp/obp-workflow-stack). Slurm reads /etc/slurm/slurm.conf and
 # /etc/slurm/slurmdbd.conf (the default paths, so ssh sessions need no SLURM_CONF).
 
 # The folder of these scripts and the repository root.
@@ -22,7 +22,9 @@ REPO_ROOT="$(cd "${STACK_SCRIPTS}/../.." && pwd)"
 # ---------------------------------------------------------------------------------------------
 # Settings (the environment may override the first block)
 # ---------------------------------------------------------------------------------------------
-STACK_DIR="${OBP_STACK_DIR:-${REPO_ROOT}/.stack}"
+# Outside the checkout by default: daemons running as other users (mysql, the cluster users)
+# must reach it, whatever the permissions of the folders above the checkout.
+STACK_DIR="${OBP_STACK_DIR:-/var/tmp/obp-workflow-stack}"
 SSH_PORT="${OBP_STACK_SSH_PORT:-2222}"
 DB_PORT="${OBP_STACK_DB_PORT:-3307}"
 CLUSTER_NAME="${OBP_STACK_CLUSTER:-obptest}"
@@ -132,12 +134,18 @@ pid_file() { echo "${STACK_RUN}/$1.pid"; }
 
 # True when process $1 runs binary $2. Debian installs some daemons behind alternatives
 # symlinks (/usr/sbin/slurmctld -> slurmctld-wlm), and an upgraded binary shows as
-# "<path> (deleted)".
+# "<path> (deleted)". Without root, /proc/PID/exe of root's daemons is unreadable: then the
+# process name is compared instead (good enough for status.sh).
 pid_runs() {
-  local pid="$1" bin exe
-  [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+  local pid="$1" bin exe comm
+  [[ "${pid}" =~ ^[0-9]+$ && -e "/proc/${pid}" ]] || return 1
   bin="$(readlink -f "$2")"
   exe="$(readlink "/proc/${pid}/exe" 2>/dev/null || true)"
+  if [[ -z "${exe}" && "${EUID}" -ne 0 ]]; then
+    comm="$(cat "/proc/${pid}/comm" 2>/dev/null || true)"
+    [[ -n "${comm}" && "${comm}" == "$(basename "$2" | cut -c1-15)" ]]
+    return
+  fi
   exe="${exe% (deleted)}"
   [[ -n "${exe}" && "${exe}" == "${bin}" ]]
 }

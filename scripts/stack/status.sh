@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Print which daemons of the test stack run; exit 0 when all do, 1 otherwise.
 #
-#   bash scripts/stack/status.sh          (as root: also asks Slurm and sshd)
+#   bash scripts/stack/status.sh     (any user; as root it also tries an ssh login)
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh

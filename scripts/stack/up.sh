@@ -3,7 +3,7 @@
 #
 #   sudo bash scripts/stack/up.sh
 #
-# Starts, in this order and each bound to loopback: munged, mariadbd (127.0.0.1:${OBP_STACK_DB_PORT:-3307}),
+# Starts, in this order and each bound to loopback: munged, mariadbd (127.0.0.1:3307),
 # slurmdbd, slurmctld, slurmd (one node "localhost", CPUs = nproc), sshd (127.0.0.1:2222).
 # Creates the users obpsim and obpadmin (group obpadmin) with ed25519 keys, then writes
 # $OBP_STACK_DIR/stack.env and $OBP_STACK_DIR/stack.json for the tests.
@@ -18,7 +18,7 @@
 # while the database exists, the accounting database is dropped and created again, because
 # Slurm would otherwise restart job ids at 1 while sacct still holds old jobs with those ids.
 #
-# Environment: OBP_STACK_DIR (state folder, default <repo>/.stack), OBP_STACK_SSH_PORT (2222),
+# Environment: OBP_STACK_DIR (state folder, default /var/tmp/obp-workflow-stack), OBP_STACK_SSH_PORT (2222),
 # OBP_STACK_DB_PORT (3307), OBP_STACK_CLUSTER (obptest), OBP_STACK_PARTITION (debug).
 set -euo pipefail
 

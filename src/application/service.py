@@ -138,7 +138,7 @@ class WorkflowService:
         """Record a new run (or return the one this idempotency key made) and make sure the
         project's workflow instance is up to drive it."""
         authorize(principal, project, Action.SUBMIT)
-        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise InvalidRequest(
                 [FieldError("Idempotency-Key", "must be 1 to 128 printable ASCII characters")]
             )
@@ -435,15 +435,22 @@ class WorkflowService:
         run.registered(self.clock.now(), registration.activity_id, registration.entity_ids)
 
     def _finish_cancel(self, t: _Tracked) -> None:
+        """Undo what the run may have started, then confirm the cancel."""
         run = t.run
-        cluster = self._cluster(run.project)
-        job = run.job_id
-        if job is None and run.submit_attempts > 0:
-            job = self.gateway.find_by_tag(cluster, run.header.tag)
-        if job is not None:
-            self.gateway.cancel(cluster, job)
-        if run.sync_job_id is not None and not run.sync_job_done:
-            self.gateway.cancel(cluster, run.sync_job_id, KeyRole.ADMIN)
+        origin = run.cancelled_from()
+        if origin is RunState.REGISTERING:
+            self.knowledge_graph.withdraw(run.header)
+        elif origin is RunState.SYNCING:
+            if run.sync_job_id is not None:
+                cluster = self._cluster(run.project)
+                self.gateway.cancel(cluster, run.sync_job_id, KeyRole.ADMIN)
+        else:
+            cluster = self._cluster(run.project)
+            job = run.job_id
+            if job is None and run.submit_attempts > 0:
+                job = self.gateway.find_by_tag(cluster, run.header.tag)
+            if job is not None:
+                self.gateway.cancel(cluster, job)
         run.cancel_confirmed(self.clock.now())
 
     # ================================================================ plumbing

@@ -86,9 +86,9 @@ class ClusterHandle:
     account: str | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"invalid cluster name {self.name!r}")
-        if not SAFE_PATH.match(self.runs_root) or ".." in self.runs_root.split("/"):
+        if not SAFE_PATH.fullmatch(self.runs_root) or ".." in self.runs_root.split("/"):
             raise ValueError(f"invalid runs root {self.runs_root!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"invalid port {self.port}")

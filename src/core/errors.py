@@ -84,6 +84,18 @@ class ClusterUnreachable(DomainError):
     kind = "cluster-unreachable"
 
 
+class HostKeyRejected(ClusterUnreachable):
+    """The cluster presented a host key other than the pinned one: refused, loudly."""
+
+    kind = "host-key-rejected"
+
+
+class ClusterAccessDenied(ClusterUnreachable):
+    """The cluster refused the service's key for a user."""
+
+    kind = "cluster-access-denied"
+
+
 class SubmissionUnclear(DomainError):
     """The job may or may not exist: the reply to a submission was lost or could not be read."""
 

@@ -6,6 +6,7 @@ Memberships come from Keycloak group paths:
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -13,19 +14,15 @@ from enum import Enum
 
 from obp_workflow.core.errors import FieldError, Forbidden, InvalidRequest, NotFound
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
 
 def _canonical_uuid(value: str, field_name: str) -> str:
     """The canonical lower-case hyphenated form of a UUID, or InvalidRequest."""
-    text = value.strip()
-    # uuid.UUID accepts braces, urn:uuid: and missing hyphens; accept only the canonical shape.
-    if len(text) != 36 or text.count("-") != 4:
+    # uuid.UUID accepts braces, urn:uuid:, missing hyphens and '_': accept only the canonical shape.
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
         raise InvalidRequest([FieldError(field_name, "must be a UUID (8-4-4-4-12 hex digits)")])
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise InvalidRequest(
-            [FieldError(field_name, "must be a UUID (8-4-4-4-12 hex digits)")]
-        ) from None
+    return str(uuid.UUID(value))
 
 
 @dataclass(frozen=True, order=True)

@@ -51,7 +51,9 @@ def run_from_record(record: object) -> SimulationRun:
     """Read a run back; anything damaged or of an unknown schema is a CorruptRecord."""
     if not isinstance(record, dict):
         raise CorruptRecord("a stored run is not an object")
-    run_id = str(record.get("run_id", "?"))
+    run_id = record.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise CorruptRecord("a stored run has no run id")
     schema = record.get("schema")
     if schema != SCHEMA_VERSION:
         raise CorruptRecord(
@@ -81,7 +83,7 @@ def run_from_record(record: object) -> SimulationRun:
             )
             for e in record["events"]
         ]
-    except (KeyError, TypeError, ValueError, AttributeError, InvalidRequest) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, InvalidRequest) as exc:
         raise CorruptRecord(f"run {run_id}: the stored record is damaged ({exc!r:.200})") from None
     run = SimulationRun.replay(header, events)
     if run.version != record.get("version") or run.state.value != record.get("state"):
@@ -96,6 +98,6 @@ def dumps(run: SimulationRun) -> str:
 def loads(text: str | bytes) -> SimulationRun:
     try:
         record = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CorruptRecord("a stored run is not valid JSON") from None
     return run_from_record(record)

@@ -13,6 +13,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,7 +31,8 @@ MAX_INPUTS = 256
 
 _SCHEDULER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.@+=,-]+$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: C0 and C1 control characters (tab and newline included), and DEL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _check_relative_path(value: str) -> str:
@@ -41,7 +43,7 @@ def _check_relative_path(value: str) -> str:
     parts = value.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ValueError("must not contain empty, '.' or '..' parts")
-    if not all(_PATH_PART.match(p) for p in parts):
+    if not all(_PATH_PART.fullmatch(p) for p in parts):
         raise ValueError("may only use letters, digits and _ . @ + = , - in each part")
     if parts[0].startswith("-"):
         raise ValueError("must not start with '-'")
@@ -56,7 +58,7 @@ def _check_input(value: str) -> str:
     if value.startswith("/"):
         norm = posixpath.normpath(value)
         if ".." in value.split("/") or not all(
-            _PATH_PART.match(p) for p in norm.strip("/").split("/") if p
+            _PATH_PART.fullmatch(p) for p in norm.strip("/").split("/") if p
         ):
             raise ValueError("a cluster path must be absolute, without '..', of safe characters")
         return norm
@@ -64,6 +66,8 @@ def _check_input(value: str) -> str:
 
 
 Text = Annotated[str, StringConstraints(max_length=4096)]
+OutputPath = Annotated[str, AfterValidator(_check_relative_path)]
+InputRef = Annotated[str, AfterValidator(_check_input)]
 
 
 class Resources(BaseModel):
@@ -82,7 +86,7 @@ class Resources(BaseModel):
     @field_validator("partition", "account")
     @classmethod
     def _scheduler_name(cls, value: str | None) -> str | None:
-        if value is not None and not _SCHEDULER_NAME.match(value):
+        if value is not None and not _SCHEDULER_NAME.fullmatch(value):
             raise ValueError("must be 1-64 of letters, digits, '_', '.', '-', not starting '-'")
         return value
 
@@ -97,8 +101,8 @@ class SimulationRequest(BaseModel):
     command: list[Text] | None = Field(None, min_length=1, max_length=256)
     script: str | None = Field(None, min_length=1, max_length=64 * 1024)
     resources: Resources = Field(default_factory=Resources)
-    inputs: list[str] = Field(default_factory=list, max_length=MAX_INPUTS)
-    outputs: list[str] = Field(default_factory=list, max_length=MAX_OUTPUTS)
+    inputs: list[InputRef] = Field(default_factory=list, max_length=MAX_INPUTS)
+    outputs: list[OutputPath] = Field(default_factory=list, max_length=MAX_OUTPUTS)
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -126,18 +130,12 @@ class SimulationRequest(BaseModel):
             raise ValueError("must not contain NUL characters")
         return value
 
-    @field_validator("inputs")
-    @classmethod
-    def _inputs(cls, value: list[str]) -> list[str]:
-        return [_check_input(v) for v in value]
-
     @field_validator("outputs")
     @classmethod
     def _outputs(cls, value: list[str]) -> list[str]:
-        checked = [_check_relative_path(v) for v in value]
-        if len(set(checked)) != len(checked):
+        if len(set(value)) != len(value):
             raise ValueError("must not name the same output twice")
-        return checked
+        return value
 
     @field_validator("metadata")
     @classmethod

@@ -59,7 +59,7 @@ TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     S.QUEUED: frozenset({S.RUNNING, S.SYNCING, S.FAILED, S.CANCELLING, S.CANCELLED}),
     S.RUNNING: frozenset({S.QUEUED, S.SYNCING, S.FAILED, S.CANCELLING, S.CANCELLED}),
     S.SYNCING: frozenset({S.REGISTERING, S.FAILED, S.CANCELLING, S.CANCELLED}),
-    S.REGISTERING: frozenset({S.DONE, S.FAILED, S.CANCELLED}),
+    S.REGISTERING: frozenset({S.DONE, S.FAILED, S.CANCELLING}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED}),
     S.DONE: frozenset(),
     S.FAILED: frozenset(),
@@ -397,18 +397,33 @@ class SimulationRun:
         self._transition(at, "failed", RunState.FAILED, reason, {"failure_reason": reason})
 
     def request_cancel(self, at: datetime, by: str, reason: str = "") -> None:
-        """Cancel at any active state: through CANCELLING when something may be on the cluster."""
+        """Cancel at any active state.
+
+        Through CANCELLING when something must be undone first: a job that may be on the
+        cluster, a running sync job, or a registration that may have reached the knowledge
+        graph; straight to CANCELLED when nothing can have happened yet.
+        """
         if not by:
             raise IllegalTransition("a cancellation needs who asked for it")
         if self.state is RunState.CANCELLING:
             raise IllegalTransition(f"run {self.run_id} is already being cancelled")
-        on_cluster = self.state is RunState.SYNCING and self.sync_job_id is not None
-        on_cluster = on_cluster or (
-            self.state in JOB_STATES | {RunState.SUBMITTING} and self.may_have_cluster_job()
-        )
-        target = RunState.CANCELLING if on_cluster else RunState.CANCELLED
+        target = RunState.CANCELLING if self._has_work_to_undo() else RunState.CANCELLED
         why = reason or f"cancelled by {by}"
         self._transition(at, "cancel-requested", target, why, {"cancelled_by": by})
+
+    def _has_work_to_undo(self) -> bool:
+        if self.state is RunState.REGISTERING:
+            return True
+        if self.state is RunState.SYNCING:
+            return self.sync_job_id is not None and not self.sync_job_done
+        return self.state in JOB_STATES | {RunState.SUBMITTING} and self.may_have_cluster_job()
+
+    def cancelled_from(self) -> RunState | None:
+        """The state the run was in when its cancellation was asked for."""
+        for event in reversed(self.events):
+            if event.kind == "cancel-requested":
+                return event.from_state
+        return None
 
     def cancel_confirmed(self, at: datetime) -> None:
         self._require(RunState.CANCELLING)

@@ -35,3 +35,8 @@ class KnowledgeGraph(Protocol):
     def register(self, provenance: RunProvenance) -> Registration:
         """Record the run's activity and one entity per output. Ids are derived from the run:
         registering again updates, never duplicates."""
+
+    @abstractmethod
+    def withdraw(self, run: RunHeader) -> None:
+        """Mark what a cancelled run registered (its activity and entities) as withdrawn.
+        Idempotent; nothing happens when nothing was registered."""

@@ -297,7 +297,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
         activities = [
             i
             for i, (_, body) in self.graph.resources.items()
-            if body.get("@type") == "WorkflowExecution"
+            if body.get("@type") == "WorkflowExecution" and not body.get("_deprecated")
         ]
         assert len(activities) == len(set(activities)) == len(done)
 

@@ -251,16 +251,20 @@ class RunLifecycle(RuleBasedStateMachine):
     def request_cancel(self, dt: int, by: str) -> None:
         at = self.tick(dt)
         run = self.run
-        on_cluster = (run.state is S.SYNCING and run.sync_job_id is not None) or (
-            run.state in (S.SUBMITTING, S.QUEUED, S.RUNNING)
-            and (run.job_id is not None or run.submit_attempts > 0)
+        undo = (
+            run.state is S.REGISTERING
+            or (run.state is S.SYNCING and run.sync_job_id is not None and not run.sync_job_done)
+            or (
+                run.state in (S.SUBMITTING, S.QUEUED, S.RUNNING)
+                and (run.job_id is not None or run.submit_attempts > 0)
+            )
         )
         legal = self.active and run.state is not S.CANCELLING and by != ""
         self.attempt(
             legal,
             "request_cancel",
             lambda: self.run.request_cancel(at, by),
-            S.CANCELLING if on_cluster else S.CANCELLED,
+            S.CANCELLING if undo else S.CANCELLED,
         )
 
     @rule(dt=steps)

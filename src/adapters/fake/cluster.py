@@ -17,6 +17,7 @@ from obp_workflow.core.cluster import ClusterHandle, KeyRole
 from obp_workflow.core.errors import ClusterUnreachable, FieldError, InvalidRequest, NotFound
 from obp_workflow.core.jobs import JobObservation, JobPhase, JobState
 from obp_workflow.core.jobspec import LOG_FILE, REQUEST_FILE, JobSpec
+from obp_workflow.core.text import utf8_tail
 from obp_workflow.ports.cluster import ClusterGateway, OutputFile
 
 from .faults import Faults
@@ -128,7 +129,7 @@ class FakeCluster(ClusterGateway):
     def tail_log(self, cluster: ClusterHandle, run_folder: str, max_bytes: int = 65536) -> str:
         self._reachable()
         data = self.files.get(posixpath.join(run_folder, LOG_FILE), b"")
-        return data[-max_bytes:].decode(errors="replace")
+        return utf8_tail(data, max_bytes)
 
     def list_outputs(self, cluster: ClusterHandle, run_folder: str) -> Sequence[OutputFile]:
         self._reachable()

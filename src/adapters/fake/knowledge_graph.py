@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.run import RunHeader
 from obp_workflow.ports.knowledge_graph import KnowledgeGraph, Registration, RunProvenance
 
 from .faults import Faults
@@ -70,6 +71,17 @@ class InMemoryKnowledgeGraph(KnowledgeGraph):
             )
         self.faults.after("register")
         return Registration(act, entities)
+
+    def withdraw(self, run: RunHeader) -> None:
+        self.faults.before("withdraw")
+        prefix = activity_id(run.project, run.run_id)
+        with self._lock:
+            for ident, (rev, body) in list(self.resources.items()):
+                if (ident == prefix or ident.startswith(prefix + "/")) and not body.get(
+                    "_deprecated"
+                ):
+                    self.resources[ident] = (rev + 1, {**body, "_deprecated": True})
+        self.faults.after("withdraw")
 
     def upload_file(self, file_id: str, data: bytes) -> str:
         """Store a file (idempotent by id and digest); its digest."""

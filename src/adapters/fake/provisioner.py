@@ -75,7 +75,7 @@ class FakeProvisioner(ClusterProvisioner):
         with self._lock:
             if project not in self._stacks:
                 self.creations += 1
-                self._stacks[project] = _Stack(self.ready_after, self._doomed.get(project))
+                self._stacks[project] = _Stack(self.ready_after, self._doomed.pop(project, None))
         self.faults.after("request")
         return self._status(project, look=False)
 

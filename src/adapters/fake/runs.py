@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 
 from obp_workflow.core.errors import (
     Conflict,
+    CorruptRecord,
     FieldError,
     IdempotencyConflict,
     InvalidRequest,
@@ -82,7 +83,10 @@ class InMemoryRunRepository(RunRepository):
             current = self._records.get(ident)
             if current is None:
                 raise NotFound(f"run {run.run_id} not found in project {run.project}")
-            stored_version = json.loads(current)["version"]
+            try:
+                stored_version = json.loads(current)["version"]
+            except (ValueError, TypeError, KeyError, RecursionError):
+                raise CorruptRecord(f"run {run.run_id}: the stored record is damaged") from None
             if stored_version != expected_version:
                 raise Conflict(
                     f"run {run.run_id} changed meanwhile (version {stored_version}, "

@@ -1,0 +1,409 @@
+"""Long-lived SSH connections to the clusters' head nodes, one per (cluster, account).
+
+Every command is a channel on the shared connection. Sockets are opened by hand with
+TCP_NODELAY (paramiko's own socket costs ~40 ms per command on loopback). Host keys are pinned
+from the ClusterHandle: an unknown or changed key refuses the connection. Private keys come from
+the SecretStore as text, live only in memory, and never reach a log line or an error message.
+Reconnects back off exponentially with jitter, and each cluster has a budget of new
+connections and of scheduler queries per minute, so a storm of work never hammers a head node.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import random
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import paramiko
+
+from obp_workflow.core.cluster import ClusterHandle, KeyRole, SecretRef
+from obp_workflow.core.errors import (
+    ClusterAccessDenied,
+    ClusterUnreachable,
+    HostKeyRejected,
+)
+from obp_workflow.ports.secrets import SecretStore
+
+log = logging.getLogger(__name__)
+
+
+class CommandLost(Exception):
+    """A command was sent but its outcome is unknown (connection lost, timed out)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom to connect."""
+
+    cluster: str
+    host: str
+    port: int
+    user: str
+    key: SecretRef
+    host_key: str
+
+    @classmethod
+    def of(cls, cluster: ClusterHandle, role: KeyRole) -> Endpoint:
+        return cls(
+            cluster.name,
+            cluster.host,
+            cluster.port,
+            cluster.user_for(role),
+            cluster.key_for(role),
+            cluster.host_key,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port} ({self.cluster})"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    def error_text(self, limit: int = 500) -> str:
+        return self.stderr.decode(errors="replace").strip()[:limit]
+
+
+class Budget:
+    """A token bucket: at most ``per_minute`` takes per minute, refilled continuously."""
+
+    def __init__(self, per_minute: int, now: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.tokens = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._now = now
+        self._last = now()
+        self._lock = threading.Lock()
+
+    def take(self, wait: float = 0.0) -> bool:
+        """Take a token, waiting up to ``wait`` seconds for one; False when none came."""
+        deadline = self._now() + wait
+        while True:
+            with self._lock:
+                now = self._now()
+                self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return True
+                missing = (1 - self.tokens) / self.rate
+            if now + missing > deadline:
+                return False
+            time.sleep(missing)
+
+
+def load_private_key(text: str, ref: SecretRef) -> paramiko.PKey:
+    """A paramiko key from its OpenSSH/PEM text; errors name the secret, never its content."""
+    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return kind.from_private_key(io.StringIO(text))
+        except (paramiko.SSHException, ValueError, TypeError, IndexError):
+            continue
+    raise ClusterAccessDenied(f"the secret {ref} does not hold a usable SSH private key")
+
+
+def _host_key_entry(host_key: str) -> paramiko.PKey:
+    parts = host_key.split()
+    try:
+        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+    except (paramiko.SSHException, ValueError, IndexError) as exc:
+        raise HostKeyRejected(f"the pinned host key is not a valid key ({exc})") from None
+
+
+class Connection:
+    """One authenticated transport; thread-safe for commands, SFTP behind a lock."""
+
+    def __init__(self, endpoint: Endpoint, client: paramiko.SSHClient) -> None:
+        self.endpoint = endpoint
+        self._client = client
+        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp_lock = threading.RLock()  # SFTPClient is not thread-safe
+        self.commands = 0
+
+    @property
+    def alive(self) -> bool:
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def run(
+        self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = 60.0
+    ) -> CommandResult:
+        """Run ``argv`` (each word quoted) in a new channel.
+
+        ClusterUnreachable when the channel cannot be opened (nothing was sent); CommandLost
+        when it was sent and no complete answer came back.
+        """
+        command = shlex.join(argv)
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ClusterUnreachable(f"the connection to {self.endpoint} is closed")
+        try:
+            channel = transport.open_session(timeout=timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ClusterUnreachable(f"cannot open a channel to {self.endpoint}: {exc}") from None
+        self.commands += 1
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            stdout = _read_all(channel.recv)
+            stderr = _read_all(channel.recv_stderr)
+            if not channel.status_event.wait(timeout):
+                raise CommandLost(f"no exit status from {self.endpoint} within {timeout} s")
+            status = channel.recv_exit_status()
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+            raise CommandLost(f"lost the answer of {self.endpoint}: {exc}") from None
+        finally:
+            channel.close()
+        if status < 0:
+            raise CommandLost(f"{self.endpoint} closed the command without an exit status")
+        return CommandResult(status, stdout, stderr)
+
+    def sftp(self) -> paramiko.SFTPClient:
+        with self._sftp_lock:
+            if self._sftp is None or self._sftp.sock.closed:
+                try:
+                    self._sftp = self._client.open_sftp()
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    raise ClusterUnreachable(
+                        f"cannot open SFTP to {self.endpoint}: {exc}"
+                    ) from None
+            return self._sftp
+
+    @property
+    def sftp_lock(self) -> threading.RLock:
+        return self._sftp_lock
+
+    def close(self) -> None:
+        try:
+            if self._sftp is not None:
+                self._sftp.close()
+        finally:
+            self._client.close()
+
+
+def _read_all(recv: Callable[[int], bytes]) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = recv(1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    keepalive_seconds: int = 30
+    connects_per_minute: int = 6
+    queries_per_minute: int = 120
+    query_wait_seconds: float = 2.0
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 60.0
+
+
+class _Health:
+    """Failures of one endpoint and when it may be tried again."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+
+
+class SshPool:
+    """The connections of the service, one per endpoint, shared by every run."""
+
+    def __init__(
+        self,
+        secrets: SecretStore,
+        settings: PoolSettings | None = None,
+        *,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.secrets = secrets
+        self.settings = settings or PoolSettings()
+        self._now = now
+        self._connections: dict[Endpoint, Connection] = {}
+        self._health: dict[Endpoint, _Health] = {}
+        self._connect_budgets: dict[str, Budget] = {}
+        self._query_budgets: dict[str, Budget] = {}
+        self._locks: dict[Endpoint, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.connects = 0  # successful connections opened, for tests and benchmarks
+
+    # ---------------------------------------------------------------- connections
+
+    def connection(self, endpoint: Endpoint) -> Connection:
+        with self._lock:
+            lock = self._locks.setdefault(endpoint, threading.Lock())
+        with lock:
+            current = self._connections.get(endpoint)
+            if current is not None and current.alive:
+                return current
+            if current is not None:
+                current.close()
+                del self._connections[endpoint]
+            fresh = self._connect(endpoint)
+            self._connections[endpoint] = fresh
+            return fresh
+
+    def _connect(self, endpoint: Endpoint) -> Connection:
+        health = self._health.setdefault(endpoint, _Health())
+        now = self._now()
+        if now < health.retry_at:
+            raise ClusterUnreachable(
+                f"not reconnecting to {endpoint} for {health.retry_at - now:.0f} s after "
+                f"{health.failures} failures (last: {health.last_error})"
+            )
+        budget = self._budget(self._connect_budgets, endpoint, self.settings.connects_per_minute)
+        if not budget.take():
+            raise ClusterUnreachable(
+                f"the budget of {self.settings.connects_per_minute} new connections per minute "
+                f"to {endpoint.cluster} is spent"
+            )
+        try:
+            connection = self._open(endpoint)
+        except ClusterUnreachable as exc:
+            health.failures += 1
+            health.last_error = exc.message
+            delay = min(
+                self.settings.backoff_cap_seconds,
+                self.settings.backoff_base_seconds * 2 ** (health.failures - 1),
+            )
+            health.retry_at = self._now() + delay * random.uniform(0.5, 1.0)  # noqa: S311
+            raise
+        health.failures = 0
+        health.retry_at = 0.0
+        self.connects += 1
+        log.info("connected to %s", endpoint)
+        return connection
+
+    def _open(self, endpoint: Endpoint) -> Connection:
+        pkey = load_private_key(self.secrets.get(endpoint.key).reveal(), endpoint.key)
+        s = self.settings
+        try:
+            sock = socket.create_connection((endpoint.host, endpoint.port), s.connect_timeout)
+        except OSError as exc:
+            raise ClusterUnreachable(f"cannot reach {endpoint}: {exc.strerror or exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        pinned = _host_key_entry(endpoint.host_key)
+        name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
+        client.get_host_keys().add(name, pinned.get_name(), pinned)
+        try:
+            client.connect(
+                endpoint.host,
+                endpoint.port,
+                username=endpoint.user,
+                pkey=pkey,
+                sock=sock,
+                timeout=s.connect_timeout,
+                banner_timeout=s.connect_timeout,
+                auth_timeout=s.connect_timeout,
+                look_for_keys=False,
+                allow_agent=False,
+            )
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise HostKeyRejected(
+                f"{endpoint} presented a host key that is not the pinned one: refusing it"
+            ) from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise ClusterAccessDenied(
+                f"{endpoint} refused the key {endpoint.key} for user {endpoint.user}"
+            ) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyRejected(
+                    f"{endpoint} presented an unknown host key: refusing it"
+                ) from None
+            raise ClusterUnreachable(f"SSH to {endpoint} failed: {exc}") from None
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise ClusterUnreachable(f"SSH to {endpoint} failed: {exc}") from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(s.keepalive_seconds)
+        return Connection(endpoint, client)
+
+    # ---------------------------------------------------------------- commands
+
+    def run(
+        self,
+        endpoint: Endpoint,
+        argv: Sequence[str],
+        *,
+        query: bool = False,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        """Run a command on the endpoint's shared connection.
+
+        ``query`` marks scheduler queries, which count against the cluster's query budget.
+        A lost connection is dropped (the next command reconnects) and CommandLost raised.
+        """
+        if query:
+            budget = self._budget(self._query_budgets, endpoint, self.settings.queries_per_minute)
+            if not budget.take(self.settings.query_wait_seconds):
+                raise ClusterUnreachable(
+                    f"the budget of {self.settings.queries_per_minute} scheduler queries per "
+                    f"minute on {endpoint.cluster} is spent"
+                )
+        connection = self.connection(endpoint)
+        try:
+            return connection.run(
+                argv, stdin=stdin, timeout=timeout or self.settings.command_timeout
+            )
+        except (CommandLost, ClusterUnreachable):
+            self.drop(endpoint, connection)
+            raise
+
+    def drop(self, endpoint: Endpoint, connection: Connection | None = None) -> None:
+        """Forget a broken connection so that the next command opens a new one."""
+        with self._lock:
+            current = self._connections.get(endpoint)
+            if current is not None and (connection is None or current is connection):
+                del self._connections[endpoint]
+            else:
+                current = None
+        if current is not None:
+            current.close()
+
+    def close(self) -> None:
+        with self._lock:
+            connections = list(self._connections.values())
+            self._connections.clear()
+        for c in connections:
+            c.close()
+
+    def commands_sent(self) -> int:
+        with self._lock:
+            return sum(c.commands for c in self._connections.values())
+
+    def _budget(self, budgets: dict[str, Budget], endpoint: Endpoint, per_minute: int) -> Budget:
+        with self._lock:
+            return budgets.setdefault(endpoint.cluster, Budget(per_minute, self._now))

@@ -1,0 +1,333 @@
+"""The ClusterGateway on Slurm, reached over SSH.
+
+- Submit: the run's folder, its files by SFTP (written then renamed), then ``sbatch --parsable``
+  with the run's tag as job name and comment. A lost or unreadable reply is SubmissionUnclear:
+  the application then finds the job by its tag before anything is submitted again.
+- Poll: ONE ``squeue`` for every watched job of the cluster, and at most ONE ``sacct`` for the
+  jobs squeue no longer knows or that ended (for their exit codes). A failed query is
+  ClusterUnreachable (runs go STALE); a job nobody knows is UNKNOWN, never FAILED.
+- Every argument is a word of an argv joined with ``shlex.join``; paths are confined to the run
+  folder; job ids must be numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+
+import paramiko
+
+from obp_workflow.core.cluster import SAFE_PATH, ClusterHandle, KeyRole
+from obp_workflow.core.errors import (
+    ClusterUnreachable,
+    FieldError,
+    InvalidRequest,
+    NotFound,
+    SubmissionRejected,
+    SubmissionUnclear,
+)
+from obp_workflow.core.jobs import PHASE_OF, JobObservation, JobPhase, JobState, parse_exit_code
+from obp_workflow.core.jobspec import LOG_FILE, JobSpec
+from obp_workflow.core.text import utf8_tail
+from obp_workflow.ports.cluster import ClusterGateway, OutputFile
+
+from .connection import CommandLost, CommandResult, Endpoint, SshPool
+
+JOB_ID = re.compile(r"^[0-9]+$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_.-][A-Za-z0-9_.@+=,-]*$")
+_TAG = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+#: sbatch errors after which the job may nevertheless exist.
+_UNCLEAR = ("Socket timed out", "timed out", "Zero Bytes were transmitted")
+#: sbatch errors that mean nothing reached the controller.
+_NOT_SENT = ("Unable to contact slurm controller", "Connection refused")
+SQUEUE_FORMAT = "%i|%T|%r|%j"
+SACCT_FIELDS = "JobID,State,ExitCode,JobName,Start,End,Elapsed"
+FIND_WINDOW = "now-60days"
+
+
+def confined(run_folder: str, path: str) -> str:
+    """``run_folder/path``, refusing anything that would leave the folder."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or "\x00" in path
+    ):
+        raise InvalidRequest([FieldError("path", "must stay inside the run folder")])
+    return posixpath.join(run_folder, path)
+
+
+def _folder(run_folder: str) -> str:
+    if not SAFE_PATH.fullmatch(run_folder) or ".." in run_folder.split("/"):
+        raise InvalidRequest([FieldError("run_folder", "must be an absolute path of safe chars")])
+    return run_folder.rstrip("/")
+
+
+def _job_id(job_id: str) -> str:
+    if not JOB_ID.fullmatch(job_id):
+        raise InvalidRequest([FieldError("job_id", "must be a Slurm job number")])
+    return job_id
+
+
+class SlurmGateway(ClusterGateway):
+    def __init__(self, pool: SshPool) -> None:
+        self.pool = pool
+
+    # ---------------------------------------------------------------- submit
+
+    def submit(self, cluster: ClusterHandle, spec: JobSpec) -> str:
+        endpoint = Endpoint.of(cluster, spec.role)
+        folder = _folder(spec.run_folder)
+        if not _TAG.fullmatch(spec.tag):
+            raise InvalidRequest([FieldError("tag", "must be 1-200 of letters, digits, _ . -")])
+        self._write_files(endpoint, folder, spec.files)
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={spec.tag}",
+            f"--comment={spec.tag}",
+            f"--chdir={folder}",
+            "--",
+            confined(folder, spec.script),
+        ]
+        try:
+            result = self.pool.run(endpoint, argv, query=False)
+        except CommandLost as exc:
+            raise SubmissionUnclear(f"sbatch on {cluster.name}: {exc}") from None
+        if result.ok:
+            job_id = result.text().strip().split(";", 1)[0]
+            if JOB_ID.fullmatch(job_id):
+                return job_id
+            raise SubmissionUnclear(f"sbatch on {cluster.name} answered {result.text()[:200]!r}")
+        error = result.error_text()
+        if any(marker in error for marker in _NOT_SENT):
+            raise ClusterUnreachable(f"the scheduler of {cluster.name} did not answer: {error}")
+        if any(marker in error for marker in _UNCLEAR):
+            raise SubmissionUnclear(f"sbatch on {cluster.name}: {error}")
+        raise SubmissionRejected(error or f"sbatch exited with {result.exit_status}")
+
+    def _write_files(self, endpoint: Endpoint, folder: str, files: Mapping[str, str]) -> None:
+        for name in files:
+            if not _FILE_NAME.fullmatch(name):
+                raise InvalidRequest([FieldError("file", f"{name!r} is not a plain file name")])
+        self._checked(endpoint, ["mkdir", "-p", "--", folder], what="create the run folder")
+        connection = self.pool.connection(endpoint)
+        try:
+            with connection.sftp_lock:
+                sftp = connection.sftp()
+                for name, content in files.items():
+                    final = posixpath.join(folder, name)
+                    partial = final + ".partial"
+                    sftp.putfo(io.BytesIO(content.encode()), partial)
+                    sftp.posix_rename(partial, final)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.pool.drop(endpoint, connection)
+            raise ClusterUnreachable(f"cannot write the job files on {endpoint}: {exc}") from None
+
+    # ---------------------------------------------------------------- find, poll, cancel
+
+    def find_by_tag(
+        self, cluster: ClusterHandle, tag: str, role: KeyRole = KeyRole.USER
+    ) -> str | None:
+        if not _TAG.fullmatch(tag):
+            raise InvalidRequest([FieldError("tag", "must be 1-200 of letters, digits, _ . -")])
+        endpoint = Endpoint.of(cluster, role)
+        live = self._query(
+            endpoint, ["squeue", "--noheader", "--states=all", f"--name={tag}", "--format=%i"]
+        )
+        ids = [line.strip() for line in live.text().splitlines() if JOB_ID.fullmatch(line.strip())]
+        if ids:
+            return max(ids, key=int)
+        past = self._query(
+            endpoint,
+            [
+                "sacct",
+                "-X",
+                "-n",
+                "-P",
+                f"--name={tag}",
+                f"--starttime={FIND_WINDOW}",
+                "--endtime=now",
+                "--format=JobID",
+            ],
+        )
+        ids = [line.strip() for line in past.text().splitlines() if JOB_ID.fullmatch(line.strip())]
+        return max(ids, key=int) if ids else None
+
+    def poll(self, cluster: ClusterHandle, job_ids: Sequence[str]) -> Mapping[str, JobObservation]:
+        ids = list(dict.fromkeys(_job_id(j) for j in job_ids))
+        if not ids:
+            return {}
+        endpoint = Endpoint.of(cluster, KeyRole.USER)
+        seen: dict[str, JobObservation] = {}
+        live = self._query(
+            endpoint,
+            [
+                "squeue",
+                "--noheader",
+                "--states=all",
+                f"--jobs={','.join(ids)}",
+                f"--format={SQUEUE_FORMAT}",
+            ],
+            missing_ok=True,
+        )
+        for line in live.text().splitlines():
+            obs = parse_squeue_line(line)
+            if obs is not None and obs.job_id in ids:
+                seen[obs.job_id] = obs
+        # Ended jobs need sacct for their exit code; vanished ones need it for their state.
+        ask = [j for j in ids if j not in seen or seen[j].phase not in _LIVE]
+        if ask:
+            past = self._query(
+                endpoint,
+                [
+                    "sacct",
+                    "-X",
+                    "-n",
+                    "-P",
+                    "--allusers",
+                    f"--jobs={','.join(ask)}",
+                    f"--format={SACCT_FIELDS}",
+                ],
+            )
+            for line in past.text().splitlines():
+                obs = parse_sacct_line(line)
+                if obs is not None and obs.job_id in ask:
+                    # squeue's word is fresher while it still knows the job; sacct adds the code.
+                    live_obs = seen.get(obs.job_id)
+                    if live_obs is None or obs.phase is live_obs.phase:
+                        seen[obs.job_id] = obs
+        return {
+            j: seen.get(j) or JobObservation.unknown(j, "neither squeue nor sacct knows the job")
+            for j in ids
+        }
+
+    def cancel(self, cluster: ClusterHandle, job_id: str, role: KeyRole = KeyRole.USER) -> None:
+        endpoint = Endpoint.of(cluster, role)
+        try:
+            result = self.pool.run(endpoint, ["scancel", "--", _job_id(job_id)])
+        except CommandLost as exc:
+            raise ClusterUnreachable(f"scancel on {cluster.name}: {exc}") from None
+        error = result.error_text()
+        if result.ok or "already completing or completed" in error or "Invalid job id" in error:
+            return
+        raise ClusterUnreachable(f"scancel {job_id} on {cluster.name} failed: {error}")
+
+    # ---------------------------------------------------------------- files
+
+    def tail_log(self, cluster: ClusterHandle, run_folder: str, max_bytes: int = 65536) -> str:
+        endpoint = Endpoint.of(cluster, KeyRole.USER)
+        path = confined(_folder(run_folder), LOG_FILE)
+        size = max(1, int(max_bytes))
+        result = self._run(endpoint, ["tail", "-c", str(size), "--", path])
+        if not result.ok:
+            if "No such file" in result.error_text():
+                return ""
+            raise ClusterUnreachable(
+                f"cannot read the log on {cluster.name}: {result.error_text()}"
+            )
+        return utf8_tail(result.stdout, size)
+
+    def list_outputs(self, cluster: ClusterHandle, run_folder: str) -> Sequence[OutputFile]:
+        endpoint = Endpoint.of(cluster, KeyRole.USER)
+        folder = _folder(run_folder)
+        result = self._run(endpoint, ["find", folder, "-type", "f", "-printf", "%s\\t%P\\0"])
+        if not result.ok:
+            if "No such file" in result.error_text():
+                return []
+            raise ClusterUnreachable(
+                f"cannot list outputs on {cluster.name}: {result.error_text()}"
+            )
+        outputs = []
+        for entry in result.stdout.split(b"\0"):
+            if not entry:
+                continue
+            size, _, name = entry.partition(b"\t")
+            outputs.append(OutputFile(name.decode(errors="surrogateescape"), int(size)))
+        return sorted(outputs, key=lambda o: o.path)
+
+    def fetch_output(self, cluster: ClusterHandle, run_folder: str, path: str) -> Iterator[bytes]:
+        endpoint = Endpoint.of(cluster, KeyRole.USER)
+        full = confined(_folder(run_folder), path)
+        connection = self.pool.connection(endpoint)
+        try:
+            with connection.sftp_lock:
+                sftp = connection.sftp()
+                info = sftp.lstat(full)
+                if info.st_mode is None or not stat.S_ISREG(info.st_mode):
+                    raise NotFound(f"output {path} is not a regular file")
+                handle = sftp.open(full, "rb")
+        except FileNotFoundError:
+            raise NotFound(f"output {path} not found in the run folder") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise ClusterUnreachable(f"cannot read {path} on {cluster.name}: {exc}") from None
+        return _stream(handle)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _run(self, endpoint: Endpoint, argv: Sequence[str]) -> CommandResult:
+        try:
+            return self.pool.run(endpoint, argv)
+        except CommandLost as exc:
+            raise ClusterUnreachable(str(exc)) from None
+
+    def _checked(self, endpoint: Endpoint, argv: Sequence[str], *, what: str) -> CommandResult:
+        result = self._run(endpoint, argv)
+        if not result.ok:
+            raise ClusterUnreachable(f"cannot {what} on {endpoint}: {result.error_text()}")
+        return result
+
+    def _query(
+        self, endpoint: Endpoint, argv: Sequence[str], *, missing_ok: bool = False
+    ) -> CommandResult:
+        """A scheduler query; its failure means "no answer", never "no jobs"."""
+        try:
+            result = self.pool.run(endpoint, argv, query=True)
+        except CommandLost as exc:
+            raise ClusterUnreachable(f"{argv[0]} on {endpoint.cluster}: {exc}") from None
+        if result.ok:
+            return result
+        if missing_ok and "Invalid job id" in result.error_text():
+            return CommandResult(0, b"", b"")  # squeue with only unknown ids: ask sacct
+        raise ClusterUnreachable(
+            f"{argv[0]} on {endpoint.cluster} failed ({result.exit_status}): {result.error_text()}"
+        )
+
+
+_LIVE = (JobPhase.WAITING, JobPhase.RUNNING)
+
+
+def _stream(handle: paramiko.SFTPFile) -> Iterator[bytes]:
+    with handle:
+        handle.prefetch()
+        while True:
+            chunk = handle.read(1 << 20)
+            if not chunk:
+                return
+            yield chunk
+
+
+def parse_squeue_line(line: str) -> JobObservation | None:
+    """``%i|%T|%r|%j``; None for a line that is not one."""
+    parts = line.strip().split("|", 3)
+    if len(parts) < 2 or not JOB_ID.fullmatch(parts[0]):
+        return None
+    return JobObservation(parts[0], JobState.parse(parts[1]), raw=line.strip(), source="squeue")
+
+
+def parse_sacct_line(line: str) -> JobObservation | None:
+    """``JobID|State|ExitCode|...``; None for a line that is not one (job steps included)."""
+    parts = line.strip().split("|")
+    if len(parts) < 3 or not JOB_ID.fullmatch(parts[0]):
+        return None
+    state = JobState.parse(parts[1])
+    code, signal = parse_exit_code(parts[2])
+    if state is JobState.UNKNOWN:
+        return JobObservation.unknown(parts[0], line.strip())
+    if PHASE_OF[state] in _LIVE:
+        code = signal = None
+    return JobObservation(parts[0], state, code, signal, raw=line.strip(), source="sacct")

@@ -1,0 +1,107 @@
+"""The KnowledgeGraph contract: ids derived from the run, so registering again never duplicates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+
+from obp_workflow.core.errors import ServiceUnavailable
+from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.sync import SyncedFile, SyncOutcome
+from obp_workflow.ports.knowledge_graph import RunProvenance
+from tests.contract.harness import PROJECT_A, PROJECT_B, T0, GraphHarness, make_header
+
+OUTPUTS = ("spikes.dat", "reports/soma.h5", "reports/deep/v.bin")
+
+
+def provenance(
+    project: ProjectRef = PROJECT_A, run_id: str | None = None, outputs: tuple[str, ...] = OUTPUTS
+) -> RunProvenance:
+    header = make_header(project, run_id)
+    files = tuple(
+        SyncedFile(
+            path,
+            100 + i,
+            f"s3://nexus-data-bucket/{header.run_id}/{path}",
+            f"sha256:{i:064x}",
+        )
+        for i, path in enumerate(outputs)
+    )
+    return RunProvenance(
+        header=header,
+        cluster_name="pcluster-aaaaaaaa",
+        job_id="4242",
+        started_at=T0 + timedelta(minutes=1),
+        ended_at=T0 + timedelta(hours=2),
+        outcome=SyncOutcome("lustre-hsm", files),
+        exit_code=0,
+    )
+
+
+def test_register_returns_the_activity_and_one_entity_per_output(
+    graph_harness: GraphHarness,
+) -> None:
+    h = graph_harness
+    reg = h.graph.register(provenance())
+    assert reg.activity_id
+    assert len(reg.entity_ids) == len(OUTPUTS)
+    assert len(set(reg.entity_ids)) == len(OUTPUTS)
+    assert reg.activity_id not in reg.entity_ids
+    for ident in (reg.activity_id, *reg.entity_ids):
+        assert h.revision(ident) is not None, f"{ident} was not recorded"
+
+
+def test_a_run_without_outputs_registers_its_activity_only(graph_harness: GraphHarness) -> None:
+    h = graph_harness
+    reg = h.graph.register(provenance(outputs=()))
+    assert reg.activity_id
+    assert list(reg.entity_ids) == []
+    assert h.revision(reg.activity_id) is not None
+
+
+def test_registering_the_same_run_again_creates_nothing_new(graph_harness: GraphHarness) -> None:
+    h = graph_harness
+    prov = provenance()
+    first = h.graph.register(prov)
+    creations = h.creations()
+    revisions = {i: h.revision(i) for i in (first.activity_id, *first.entity_ids)}
+    content = h.snapshot()
+    second = h.graph.register(prov)
+    assert second.activity_id == first.activity_id
+    assert list(second.entity_ids) == list(first.entity_ids)
+    assert h.creations() == creations
+    for ident, rev in revisions.items():
+        assert rev is not None
+        assert (h.revision(ident) or 0) > rev, f"{ident} was not updated"
+    assert h.snapshot() == content
+
+
+def test_a_lost_reply_then_a_retry_leaves_the_fault_free_graph(
+    graph_factory: Callable[[], GraphHarness],
+) -> None:
+    prov = provenance()
+    clean = graph_factory()
+    expected = clean.graph.register(prov)
+    faulty = graph_factory()
+    faulty.lose_next_register_reply(ServiceUnavailable("the knowledge graph did not answer"))
+    with pytest.raises(ServiceUnavailable):
+        faulty.graph.register(prov)
+    got = faulty.graph.register(prov)
+    assert got.activity_id == expected.activity_id
+    assert list(got.entity_ids) == list(expected.entity_ids)
+    assert faulty.snapshot() == clean.snapshot()
+    assert faulty.creations() == clean.creations()
+
+
+def test_ids_belong_to_their_run_and_project(graph_harness: GraphHarness) -> None:
+    h = graph_harness
+    one = h.graph.register(provenance(PROJECT_A, "run-00000001"))
+    other_run = h.graph.register(provenance(PROJECT_A, "run-00000002"))
+    other_project = h.graph.register(provenance(PROJECT_B, "run-00000001"))
+    ids = [{r.activity_id, *r.entity_ids} for r in (one, other_run, other_project)]
+    assert ids[0].isdisjoint(ids[1])
+    assert ids[0].isdisjoint(ids[2])
+    assert ids[1].isdisjoint(ids[2])
+    assert h.creations() == 3 * (1 + len(OUTPUTS))

@@ -1,0 +1,67 @@
+"""The SecretStore contract: secrets come out only through ``reveal()``, and never in errors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from obp_workflow.core.cluster import SecretRef
+from obp_workflow.core.errors import SecretNotFound
+from tests.contract.harness import SecretStoreHarness
+
+PEM = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+    "QyNTUxOQAAACBQ7yVbX2cQm7Jz1vT0o4xR0sN9Uu9hY5y2aZ3rP0LhHwAAAJhzZWNyZXQ=\n"
+    "-----END OPENSSH PRIVATE KEY-----\n"
+)
+VALUES = {"pem": PEM, "short": "hunter2-Qx9", "unicode": "mot-de-passe-été-🙂"}
+
+
+@pytest.mark.parametrize("kind", list(VALUES))
+def test_get_returns_the_value_through_reveal(
+    secrets_harness: SecretStoreHarness, kind: str
+) -> None:
+    ref = secrets_harness.put(f"pcluster-aaaaaaaa-{kind}", VALUES[kind])
+    assert secrets_harness.store.get(ref).reveal() == VALUES[kind]
+
+
+@pytest.mark.parametrize("kind", list(VALUES))
+def test_a_secret_never_shows_its_value(
+    secrets_harness: SecretStoreHarness, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref = secrets_harness.put(f"pcluster-aaaaaaaa-{kind}", VALUES[kind])
+    secret = secrets_harness.store.get(ref)
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("contract").info("loaded %s %r", secret, secret)
+    shown = [
+        repr(secret),
+        str(secret),
+        f"{secret}",
+        f"{secret!r}",
+        "%s" % (secret,),  # noqa: UP031
+        format(secret),
+        repr([secret]),
+        str({"key": secret}),
+        caplog.text,
+    ]
+    for text in shown:
+        assert VALUES[kind] not in text
+        assert VALUES[kind][:8] not in text
+
+
+def test_a_missing_secret_is_secret_not_found_naming_the_reference(
+    secrets_harness: SecretStoreHarness,
+) -> None:
+    h = secrets_harness
+    present = [h.put(f"pcluster-aaaaaaaa-{kind}", value) for kind, value in VALUES.items()]
+    missing = SecretRef(present[0].ref + "-does-not-exist")
+    with pytest.raises(SecretNotFound) as caught:
+        h.store.get(missing)
+    message = str(caught.value)
+    assert missing.ref in message
+    everything = " ".join([message, repr(caught.value), *map(str, caught.value.args)])
+    for value in VALUES.values():
+        assert value not in everything
+        assert value[:8] not in everything
