@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.installed
 # mypy checks the package by its import name; this link gives it `obp_workflow` -> src/.
 MYPYPATH_DIR := $(VENV)/mypy-path
 
-.PHONY: help install lint format test test-fast demo bench clean
+.PHONY: help install lint format test test-fast demo bench stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo    run one simulation end to end on in-memory adapters"
 	@echo "make test    install, lint (ruff, mypy --strict, import contracts), run all tests"
 	@echo "make lint    the static checks only"
 	@echo "make bench   run the benchmarks, write docs/benchmarks.md"
+	@echo "make stack-up / stack-down   the real test peers (Slurm, sshd): needs root"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +38,22 @@ format: install
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
+# The real peers are started for the tests and stopped after them, unless they were already up.
 test: lint
-	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/pytest
+	@if bash scripts/stack/status.sh > /dev/null 2>&1; then started=0; \
+	else bash scripts/stack/up.sh || exit 1; started=1; fi; \
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/pytest; status=$$?; \
+	if [ $$started = 1 ]; then bash scripts/stack/down.sh; fi; \
+	exit $$status
+
+stack-up:
+	bash scripts/stack/up.sh
+
+stack-down:
+	bash scripts/stack/down.sh
+
+stack-status:
+	bash scripts/stack/status.sh
 
 test-fast: install
 	$(BIN)/pytest -x -q

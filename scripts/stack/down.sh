@@ -83,6 +83,10 @@ main() {
   stop_orphans_by_port
   # Left by mariadbd; harmless, but keep /run clean.
   rm -rf "${MYSQL_RUNDIR}"
+  # The sbatch test fixture, only when it is ours.
+  if grep -q "TEST FIXTURE of the obp-workflow test stack" /usr/local/bin/sbatch 2>/dev/null; then
+    rm -f /usr/local/bin/sbatch
+  fi
   log "stack down in $(elapsed) s"
 }
 

@@ -563,6 +563,12 @@ on_exit() {
   fi
 }
 
+# Test fixtures on the "cluster": an sbatch wrapper that can cut the connection right after a
+# submission (see fixtures/sbatch; inert unless a user has its flag file).
+install_fixtures() {
+  install -m 755 "${STACK_SCRIPTS}/fixtures/sbatch" /usr/local/bin/sbatch
+}
+
 # ---------------------------------------------------------------------------------------------
 main() {
   require_root
@@ -596,6 +602,7 @@ main() {
   start_slurmd
   wait_for 30 cluster_registered || die "slurmctld did not register cluster ${CLUSTER_NAME} in slurmdbd"
   start_sshd
+  install_fixtures
   write_descriptors
   log "stack up in $(elapsed) s: ssh ${SIM_USER}|${ADMIN_USER}@${SSH_HOST} -p ${SSH_PORT}, cluster ${CLUSTER_NAME}, partition ${PARTITION_NAME}; ${STACK_JSON}"
 }

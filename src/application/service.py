@@ -347,6 +347,7 @@ class WorkflowService:
         spec = build_job_spec(run.header, cluster)
         run.record_submit_attempt(self.clock.now())
         self._commit(t)  # the intent, durable before anything reaches the cluster
+        adopted = False
         try:
             job_id: str | None = self.gateway.submit(cluster, spec)
         except SubmissionUnclear:
@@ -354,11 +355,12 @@ class WorkflowService:
             if job_id is None:
                 run.record_submit_unclear(self.clock.now())
                 return  # the next step looks again, then resubmits
+            adopted = True
         except SubmissionRejected as exc:
             run.fail(self.clock.now(), f"the cluster refused the job: {exc.message}")
             return
         assert job_id is not None
-        run.job_submitted(self.clock.now(), job_id)
+        run.job_submitted(self.clock.now(), job_id, adopted=adopted)
         try:
             self._commit(t)
         except Conflict:

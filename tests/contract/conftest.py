@@ -35,11 +35,14 @@ from tests.contract.harness import (
     SyncHarness,
     VerifierHarness,
 )
+from tests.contract.harness_slurm import SlurmClusterHarness
 
 # Later: sqlite, dynamodb.
 RUN_REPOSITORIES = [pytest.param(FakeRunRepositoryHarness, id="fake")]
-# Later: ssh-slurm.
-CLUSTER_GATEWAYS = [pytest.param(FakeClusterHarness, id="fake")]
+CLUSTER_GATEWAYS = [
+    pytest.param(FakeClusterHarness, id="fake"),
+    pytest.param(SlurmClusterHarness, id="ssh-slurm", marks=pytest.mark.stack),
+]
 # Later: provisioner-http.
 PROVISIONERS = [pytest.param(FakeProvisionerHarness, id="fake")]
 # Later: secretsmanager.

@@ -251,6 +251,7 @@ class SshPool:
         self._locks: dict[Endpoint, threading.Lock] = {}
         self._lock = threading.Lock()
         self.connects = 0  # successful connections opened, for tests and benchmarks
+        self.connect_attempts = 0  # connections tried (within budget and backoff)
 
     # ---------------------------------------------------------------- connections
 
@@ -282,6 +283,7 @@ class SshPool:
                 f"the budget of {self.settings.connects_per_minute} new connections per minute "
                 f"to {endpoint.cluster} is spent"
             )
+        self.connect_attempts += 1
         try:
             connection = self._open(endpoint)
         except ClusterUnreachable as exc:

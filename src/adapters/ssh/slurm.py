@@ -3,8 +3,8 @@
 - Submit: the run's folder, its files by SFTP (written then renamed), then ``sbatch --parsable``
   with the run's tag as job name and comment. A lost or unreadable reply is SubmissionUnclear:
   the application then finds the job by its tag before anything is submitted again.
-- Poll: ONE ``squeue`` for every watched job of the cluster, and at most ONE ``sacct`` for the
-  jobs squeue no longer knows or that ended (for their exit codes). A failed query is
+- Poll: ONE ``squeue`` for every watched job of the cluster (state, reason and exit code), and
+  at most ONE ``sacct`` for the jobs the controller no longer knows. A failed query is
   ClusterUnreachable (runs go STALE); a job nobody knows is UNKNOWN, never FAILED.
 - Every argument is a word of an argv joined with ``shlex.join``; paths are confined to the run
   folder; job ids must be numbers.
@@ -43,7 +43,8 @@ _TAG = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _UNCLEAR = ("Socket timed out", "timed out", "Zero Bytes were transmitted")
 #: sbatch errors that mean nothing reached the controller.
 _NOT_SENT = ("Unable to contact slurm controller", "Connection refused")
-SQUEUE_FORMAT = "%i|%T|%r|%j"
+#: squeue's fields, '|' after each; exit_code is the raw wait status (code << 8 | signal).
+SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:"
 SACCT_FIELDS = "JobID,State,ExitCode,JobName,Start,End,Elapsed"
 FIND_WINDOW = "now-60days"
 
@@ -171,7 +172,7 @@ class SlurmGateway(ClusterGateway):
                 "--noheader",
                 "--states=all",
                 f"--jobs={','.join(ids)}",
-                f"--format={SQUEUE_FORMAT}",
+                f"--Format={SQUEUE_FORMAT}",
             ],
             missing_ok=True,
         )
@@ -179,8 +180,8 @@ class SlurmGateway(ClusterGateway):
             obs = parse_squeue_line(line)
             if obs is not None and obs.job_id in ids:
                 seen[obs.job_id] = obs
-        # Ended jobs need sacct for their exit code; vanished ones need it for their state.
-        ask = [j for j in ids if j not in seen or seen[j].phase not in _LIVE]
+        # Jobs the controller has forgotten (after MinJobAge) are known only to accounting.
+        ask = [j for j in ids if j not in seen]
         if ask:
             past = self._query(
                 endpoint,
@@ -197,10 +198,7 @@ class SlurmGateway(ClusterGateway):
             for line in past.text().splitlines():
                 obs = parse_sacct_line(line)
                 if obs is not None and obs.job_id in ask:
-                    # squeue's word is fresher while it still knows the job; sacct adds the code.
-                    live_obs = seen.get(obs.job_id)
-                    if live_obs is None or obs.phase is live_obs.phase:
-                        seen[obs.job_id] = obs
+                    seen[obs.job_id] = obs
         return {
             j: seen.get(j) or JobObservation.unknown(j, "neither squeue nor sacct knows the job")
             for j in ids
@@ -222,7 +220,9 @@ class SlurmGateway(ClusterGateway):
     def tail_log(self, cluster: ClusterHandle, run_folder: str, max_bytes: int = 65536) -> str:
         endpoint = Endpoint.of(cluster, KeyRole.USER)
         path = confined(_folder(run_folder), LOG_FILE)
-        size = max(1, int(max_bytes))
+        if max_bytes <= 0:
+            return ""
+        size = int(max_bytes)
         result = self._run(endpoint, ["tail", "-c", str(size), "--", path])
         if not result.ok:
             if "No such file" in result.error_text():
@@ -312,11 +312,16 @@ def _stream(handle: paramiko.SFTPFile) -> Iterator[bytes]:
 
 
 def parse_squeue_line(line: str) -> JobObservation | None:
-    """``%i|%T|%r|%j``; None for a line that is not one."""
-    parts = line.strip().split("|", 3)
-    if len(parts) < 2 or not JOB_ID.fullmatch(parts[0]):
+    """``JobID|State|Reason|exit_code|Name``; None for a line that is not one."""
+    parts = line.strip().split("|", 4)
+    if len(parts) < 4 or not JOB_ID.fullmatch(parts[0].strip()):
         return None
-    return JobObservation(parts[0], JobState.parse(parts[1]), raw=line.strip(), source="squeue")
+    state = JobState.parse(parts[1])
+    code = signal = None
+    if PHASE_OF[state] not in _LIVE and parts[3].strip().isdigit():
+        status = int(parts[3])
+        code, signal = status >> 8, status & 0x7F
+    return JobObservation(parts[0].strip(), state, code, signal, raw=line.strip(), source="squeue")
 
 
 def parse_sacct_line(line: str) -> JobObservation | None:

@@ -1,0 +1,105 @@
+"""The real test stack started by ``scripts/stack/up.sh``: where it is and how to steer it.
+
+The stack runs on this machine (Slurm with accounting, sshd on 127.0.0.1:2222). Tests reach it
+through the production adapters over SSH, and steer it behind the adapters' backs as root with
+the Slurm command line (release a held job, read accounting), as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+STACK_DIR = Path(os.environ.get("OBP_STACK_DIR", "/var/tmp/obp-workflow-stack"))
+
+
+class StackMissing(RuntimeError):
+    """The real peers are not running: a test that needs them fails, it is never skipped."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    raw: dict[str, Any]
+
+    @property
+    def host(self) -> str:
+        return str(self.raw["ssh"]["host"])
+
+    @property
+    def port(self) -> int:
+        return int(self.raw["ssh"]["port"])
+
+    @property
+    def host_key(self) -> str:
+        return str(self.raw["ssh"]["host_key"])
+
+    def user(self, role: str) -> str:
+        return str(self.raw["users"][role]["name"])
+
+    def home(self, role: str) -> str:
+        return str(self.raw["users"][role]["home"])
+
+    def private_key(self, role: str) -> str:
+        return Path(self.raw["users"][role]["private_key"]).read_text()
+
+    @property
+    def partition(self) -> str:
+        return str(self.raw["slurm"]["partition"])
+
+    @property
+    def cluster_name(self) -> str:
+        return str(self.raw["slurm"]["cluster"])
+
+    def sshd(self, action: str) -> None:
+        """Stop or start the stack's sshd (``scripts/stack/sshd.sh``)."""
+        subprocess.run(
+            ["bash", str(REPO / "scripts/stack/sshd.sh"), action],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+
+@cache
+def stack() -> Stack:
+    path = STACK_DIR / "stack.json"
+    if not path.exists():
+        raise StackMissing(
+            f"the test stack is not running ({path} is missing): start it with `make stack-up`"
+        )
+    return Stack(json.loads(path.read_text()))
+
+
+def slurm(*argv: str, check: bool = True) -> str:
+    """A Slurm command run locally as root (the operator's view of the cluster)."""
+    done = subprocess.run(list(argv), check=False, capture_output=True, text=True, timeout=60)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def job_state(job_id: str) -> str | None:
+    """The job's state as accounting knows it, else as the controller does; None if unknown."""
+    live = slurm(
+        "squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T", check=False
+    )
+    if live.strip():
+        return live.split()[0]
+    past = slurm("sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", "--format=State", check=False)
+    return past.split()[0] if past.strip() else None
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
