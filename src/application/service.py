@@ -14,26 +14,29 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from obp_workflow.core.cluster import ClusterHandle, KeyRole, ProvisioningPhase
 from obp_workflow.core.errors import (
     ClusterUnreachable,
     Conflict,
+    CorruptRecord,
     DomainError,
     FieldError,
     IdempotencyConflict,
     InvalidRequest,
+    NotFound,
     ServiceUnavailable,
     SubmissionRejected,
     SubmissionUnclear,
     SyncIncomplete,
 )
 from obp_workflow.core.identity import Action, Principal, ProjectRef, authorize
-from obp_workflow.core.jobs import JobObservation
+from obp_workflow.core.jobs import JobObservation, JobPhase
 from obp_workflow.core.jobspec import build_job_spec
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import (
-    JOB_STATES,
+    JobWatch,
     Requester,
     RunHeader,
     RunState,
@@ -255,39 +258,51 @@ class WorkflowService:
         return run.version != before
 
     def monitor_cycle(self, project: ProjectRef | None = None) -> CycleReport:
-        """Ask each cluster once about all of its watched jobs and apply the answers."""
-        watched: dict[ProjectRef, list[SimulationRun]] = defaultdict(list)
-        for run in self.runs.list_active(project):
-            if _watched_job(run) is not None:
-                watched[run.project].append(run)
+        """Ask each cluster once about all of its watched jobs and apply what is new.
+
+        Reads only the light projections of the watched runs; a whole run is read (and
+        written) only when the scheduler says something new about its job.
+        """
+        watched: dict[ProjectRef, list[JobWatch]] = defaultdict(list)
+        for watch in self.runs.list_watched(project):
+            watched[watch.project].append(watch)
         changed: list[tuple[ProjectRef, str]] = []
         unreachable: list[str] = []
         jobs = 0
-        for proj, runs in watched.items():
+        for proj, watches in watched.items():
             try:
                 cluster = self._cluster(proj)
-                ids = [job for run in runs if (job := _watched_job(run)) is not None]
-                jobs += len(ids)
-                answers = self.gateway.poll(cluster, ids)
+                jobs += len(watches)
+                answers = self.gateway.poll(cluster, [w.job_id for w in watches])
             except ClusterUnreachable as exc:
                 unreachable.append(str(proj))
-                for run in runs:
-                    tracked = _Tracked(run)
-                    run.mark_stale(self.clock.now(), exc.message)
-                    if self._save_if_changed(tracked):
-                        changed.append((proj, run.run_id))
+                stale = partial(_mark_stale, at=self.clock.now(), reason=exc.message)
+                for w in watches:
+                    if not w.stale and self._update(w, stale):
+                        changed.append((proj, w.run_id))
                 continue
             except ServiceUnavailable:
                 continue
-            for run in runs:
-                obs = answers.get(_watched_job(run) or "")
-                if obs is None:
+            for w in watches:
+                obs = answers.get(w.job_id)
+                if obs is None or _nothing_new(w, obs):
                     continue
-                tracked = _Tracked(run)
-                _observe(run, self.clock.now(), obs)
-                if self._save_if_changed(tracked):
-                    changed.append((proj, run.run_id))
+                if self._update(w, partial(_observe, at=self.clock.now(), obs=obs)):
+                    changed.append((proj, w.run_id))
         return CycleReport(len(watched), jobs, tuple(changed), tuple(unreachable))
+
+    def _update(self, watch: JobWatch, change: Callable[[SimulationRun], object]) -> bool:
+        """Apply a scheduler answer to the run behind ``watch``, if it still watches that job."""
+        try:
+            run = self.runs.get(watch.project, watch.run_id)
+        except (NotFound, CorruptRecord):
+            return False
+        current = run.watch()
+        if current is None or current.job_id != watch.job_id:
+            return False  # the run moved on since the projection was read
+        tracked = _Tracked(run)
+        change(run)
+        return self._save_if_changed(tracked)
 
     def sweep(self, project: ProjectRef | None = None) -> list[tuple[ProjectRef, str]]:
         """One round: a monitor cycle, then one step for every active run. What changed."""
@@ -511,6 +526,10 @@ class WorkflowService:
             self.events.publish(run.project, run.run_id, event)
 
 
+def _mark_stale(run: SimulationRun, at: datetime, reason: str) -> None:
+    run.mark_stale(at, reason)
+
+
 def _observe(run: SimulationRun, at: datetime, obs: JobObservation) -> None:
     if run.state is RunState.SYNCING:
         run.sync_job_observed(at, obs)
@@ -518,13 +537,11 @@ def _observe(run: SimulationRun, at: datetime, obs: JobObservation) -> None:
         run.job_observed(at, obs)
 
 
-def _watched_job(run: SimulationRun) -> str | None:
-    """The scheduler job the monitor must watch for this run, if any."""
-    if run.state in JOB_STATES:
-        return run.job_id
-    if run.state is RunState.SYNCING and run.sync_job_id and not run.sync_job_done:
-        return run.sync_job_id
-    return None
+def _nothing_new(watch: JobWatch, obs: JobObservation) -> bool:
+    """True when applying ``obs`` could not change the run behind ``watch``."""
+    if obs.phase is JobPhase.UNKNOWN:
+        return watch.stale  # STALE is recorded once
+    return not watch.stale and obs.raw == watch.last_raw
 
 
 def _entered(run: SimulationRun, state: RunState, default: datetime | None = None) -> datetime:

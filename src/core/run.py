@@ -110,6 +110,19 @@ class RunHeader:
         return f"obp-{self.run_id}"
 
 
+@dataclass(frozen=True)
+class JobWatch:
+    """What the monitor needs of a run whose job is on the scheduler: a light projection,
+    kept by repositories beside the run so that a monitor cycle reads no whole run that the
+    scheduler has nothing new about."""
+
+    project: ProjectRef
+    run_id: str
+    job_id: str
+    last_raw: str | None
+    stale: bool
+
+
 class SimulationRun:
     """A run: its header, its current facts, and the events that produced them."""
 
@@ -188,6 +201,16 @@ class SimulationRun:
     def states(self) -> list[RunState]:
         """The path the run took, from ACCEPTED to where it is."""
         return [e.to_state for e in self.events if e.is_transition or e.version == 1]
+
+    def watch(self) -> JobWatch | None:
+        """The scheduler job the monitor must watch for this run, if any."""
+        if self.state in JOB_STATES and self.job_id:
+            job = self.job_id
+        elif self.state is RunState.SYNCING and self.sync_job_id and not self.sync_job_done:
+            job = self.sync_job_id
+        else:
+            return None
+        return JobWatch(self.project, self.run_id, job, self.scheduler_raw, self.stale)
 
     def may_have_cluster_job(self) -> bool:
         """Could a job of this run exist on the scheduler (submitted, or submission unclear)?"""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.run import RunState, SimulationRun
+from obp_workflow.core.run import JobWatch, RunState, SimulationRun
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,7 @@ class RunRepository(Protocol):
     @abstractmethod
     def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
         """Every run not yet terminal (of one project, or of all)."""
+
+    @abstractmethod
+    def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
+        """``run.watch()`` of every run that has a job to watch, as of its last save."""

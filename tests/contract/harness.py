@@ -553,6 +553,9 @@ class GraphHarness(Protocol):
     def lose_next_register_reply(self, error: DomainError) -> None:
         """The next register does its work, then the caller gets ``error`` instead of a reply."""
 
+    def withdrawn(self, resource_id: str) -> bool:
+        """Whether the resource is marked withdrawn (deprecated) in the graph."""
+
     def close(self) -> None: ...
 
 
@@ -573,6 +576,10 @@ class FakeGraphHarness:
 
     def lose_next_register_reply(self, error: DomainError) -> None:
         self.fake.faults.lose_reply_next("register", error)
+
+    def withdrawn(self, resource_id: str) -> bool:
+        found = self.fake.resources.get(resource_id)
+        return found is not None and bool(found[1].get("_deprecated"))
 
     def close(self) -> None:
         pass

@@ -105,3 +105,26 @@ def test_ids_belong_to_their_run_and_project(graph_harness: GraphHarness) -> Non
     assert ids[0].isdisjoint(ids[2])
     assert ids[1].isdisjoint(ids[2])
     assert h.creations() == 3 * (1 + len(OUTPUTS))
+
+
+def test_withdraw_marks_what_a_run_registered_and_only_that(graph_harness: GraphHarness) -> None:
+    h = graph_harness
+    mine, other = provenance(), provenance()
+    reg = h.graph.register(mine)
+    kept = h.graph.register(other)
+    h.graph.withdraw(mine.header)
+    h.graph.withdraw(mine.header)  # idempotent
+    for ident in (reg.activity_id, *reg.entity_ids):
+        assert h.withdrawn(ident), ident
+    for ident in (kept.activity_id, *kept.entity_ids):
+        assert not h.withdrawn(ident), ident
+
+
+def test_withdrawing_a_run_that_registered_nothing_changes_nothing(
+    graph_harness: GraphHarness,
+) -> None:
+    h = graph_harness
+    h.graph.register(provenance())
+    before = h.snapshot()
+    h.graph.withdraw(make_header(PROJECT_B))
+    assert h.snapshot() == before

@@ -614,6 +614,68 @@ def test_list_active_follows_saves(repo_harness: RunRepositoryHarness) -> None:
     assert repo.list_active() == []
 
 
+# ==================================================================== watched jobs
+
+
+def test_list_watched_is_the_watch_of_every_run_with_a_job_on_the_scheduler(
+    repo_harness: RunRepositoryHarness,
+) -> None:
+    repo = repo_harness.repo
+    runs = [
+        advance(new_run(project, minute=i), state)
+        for i, (project, state) in enumerate(
+            [
+                (PROJECT_A, S.QUEUED),
+                (PROJECT_A, S.RUNNING),
+                (PROJECT_A, S.SUBMITTING),
+                (PROJECT_B, S.QUEUED),
+                (PROJECT_A, S.DONE),
+                (PROJECT_B, S.CANCELLING),
+            ]
+        )
+    ]
+    # A SYNCING run whose elevated sync job is still running is watched too.
+    syncing = advance(new_run(PROJECT_B, minute=10), S.SYNCING)
+    syncing.sync_planned(at(20), "lustre-hsm", 2)
+    syncing.sync_job_started(at(21), "5151")
+    runs.append(syncing)
+    _add_all(repo, runs)
+
+    def watches(project: ProjectRef | None) -> set[tuple[str, str, str | None, bool]]:
+        return {(w.run_id, w.job_id, w.last_raw, w.stale) for w in repo.list_watched(project)}
+
+    def expected(project: ProjectRef | None) -> set[tuple[str, str, str | None, bool]]:
+        out = set()
+        for run in runs:
+            w = run.watch()
+            if w is not None and project in (None, run.project):
+                out.add((w.run_id, w.job_id, w.last_raw, w.stale))
+        return out
+
+    assert watches(None) == expected(None)
+    assert watches(PROJECT_A) == expected(PROJECT_A)
+    assert watches(PROJECT_B) == expected(PROJECT_B)
+    assert {w[1] for w in watches(PROJECT_B)} == {"4242", "5151"}
+    assert len(watches(None)) == 4
+
+
+def test_list_watched_follows_saves(repo_harness: RunRepositoryHarness) -> None:
+    repo = repo_harness.repo
+    run = _add_all(repo, [advance(new_run(), S.QUEUED)])[0]
+    loaded = repo.get(PROJECT_A, run.run_id)
+    version = loaded.version
+    loaded.mark_stale(at(30), "ssh: timed out")
+    repo.save(loaded, version)
+    [watch] = repo.list_watched(PROJECT_A)
+    assert (watch.job_id, watch.stale) == ("4242", True)
+    loaded = repo.get(PROJECT_A, run.run_id)
+    version = loaded.version
+    loaded.job_observed(at(31), JobObservation("4242", JobState.FAILED, 1, 0, "f", "sacct"))
+    repo.save(loaded, version)
+    assert repo.list_watched(PROJECT_A) == []
+    assert repo.list_watched() == []
+
+
 # ==================================================================== damaged records
 
 

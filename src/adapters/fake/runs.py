@@ -18,7 +18,7 @@ from obp_workflow.core.errors import (
 )
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.records import dumps, loads
-from obp_workflow.core.run import ACTIVE_STATES, RunState, SimulationRun
+from obp_workflow.core.run import ACTIVE_STATES, JobWatch, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
 from .faults import Faults
@@ -51,6 +51,7 @@ class InMemoryRunRepository(RunRepository):
     def __init__(self) -> None:
         self._records: dict[tuple[ProjectRef, str], str] = {}
         self._keys: dict[tuple[ProjectRef, str], str] = {}
+        self._watches: dict[tuple[ProjectRef, str], JobWatch] = {}
         self._lock = threading.Lock()
         self.faults = Faults()
 
@@ -64,6 +65,7 @@ class InMemoryRunRepository(RunRepository):
             if key is not None and (run.project, key) in self._keys:
                 raise IdempotencyConflict(f"idempotency key already used in project {run.project}")
             self._records[ident] = dumps(run)
+            self._index(ident, run)
             if key is not None:
                 self._keys[(run.project, key)] = run.run_id
         self.faults.after("add")
@@ -93,6 +95,7 @@ class InMemoryRunRepository(RunRepository):
                     f"expected {expected_version})"
                 )
             self._records[ident] = dumps(run)
+            self._index(ident, run)
         self.faults.after("save")
 
     def find_by_idempotency_key(self, project: ProjectRef, key: str) -> SimulationRun | None:
@@ -128,6 +131,17 @@ class InMemoryRunRepository(RunRepository):
         with self._lock:
             records = [r for (p, _), r in self._records.items() if project in (None, p)]
         return [run for run in map(loads, records) if run.state in ACTIVE_STATES]
+
+    def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
+        with self._lock:
+            return [w for (p, _), w in self._watches.items() if project in (None, p)]
+
+    def _index(self, ident: tuple[ProjectRef, str], run: SimulationRun) -> None:
+        watch = run.watch()
+        if watch is None:
+            self._watches.pop(ident, None)
+        else:
+            self._watches[ident] = watch
 
     # -- test helpers
     def corrupt(self, project: ProjectRef, run_id: str, record: str) -> None:
