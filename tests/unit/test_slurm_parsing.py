@@ -1,0 +1,96 @@
+"""What the SSH adapter reads from squeue and sacct, and its pure helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from obp_workflow.adapters.ssh.connection import Budget, load_private_key
+from obp_workflow.adapters.ssh.slurm import confined, parse_sacct_line, parse_squeue_line
+from obp_workflow.core.cluster import SecretRef
+from obp_workflow.core.errors import ClusterAccessDenied, InvalidRequest
+from obp_workflow.core.jobs import JobPhase, JobState
+
+EVERY_STATE = [s for s in JobState if s is not JobState.UNKNOWN]
+
+
+@pytest.mark.parametrize("state", EVERY_STATE, ids=lambda s: s.value)
+def test_every_squeue_state_is_read_with_its_exit_code_once_ended(state: JobState) -> None:
+    line = f"4242|{state.value}|None|{3 << 8 | 9}|obp-run-00000001                    "
+    obs = parse_squeue_line(line)
+    assert obs is not None
+    assert (obs.job_id, obs.state, obs.source) == ("4242", state, "squeue")
+    assert obs.raw == line.strip()
+    if obs.phase in (JobPhase.WAITING, JobPhase.RUNNING):
+        assert (obs.exit_code, obs.signal) == (None, None)
+    else:
+        assert (obs.exit_code, obs.signal) == (3, 9)
+
+
+@pytest.mark.parametrize(
+    ("text", "state", "code", "signal"),
+    [
+        ("7|COMPLETED|0:0|obp-x|a|b|00:00:01", JobState.COMPLETED, 0, 0),
+        ("7|FAILED|3:0|obp-x|a|b|00:00:01", JobState.FAILED, 3, 0),
+        ("7|CANCELLED by 1000|0:15|obp-x|a|b|00:00:01", JobState.CANCELLED, 0, 15),
+        ("7|TIMEOUT|0:15|obp-x|a|b|00:01:05", JobState.TIMEOUT, 0, 15),
+        ("7|OUT_OF_MEMORY|0:125|obp-x|a|b|00:00:09", JobState.OUT_OF_MEMORY, 0, 125),
+        ("7|NODE_FAIL|1:0|obp-x|a|b|00:00:09", JobState.NODE_FAIL, 1, 0),
+        ("7|RUNNING|0:0|obp-x|a|Unknown|00:00:09", JobState.RUNNING, None, None),
+    ],
+)
+def test_sacct_lines_give_state_exit_code_and_signal(
+    text: str, state: JobState, code: int | None, signal: int | None
+) -> None:
+    obs = parse_sacct_line(text)
+    assert obs is not None
+    assert (obs.state, obs.exit_code, obs.signal, obs.source) == (state, code, signal, "sacct")
+
+
+@pytest.mark.parametrize(
+    "line", ["", "JOBID|STATE", "7.batch|COMPLETED|0:0", "7_1|RUNNING|0:0", "garbage"]
+)
+def test_lines_that_are_not_a_job_are_ignored(line: str) -> None:
+    assert parse_sacct_line(line) is None
+    assert parse_squeue_line(line) is None
+
+
+def test_an_unreadable_state_is_unknown_never_failed() -> None:
+    obs = parse_sacct_line("7|SPECIAL_EXIT|0:0|x")
+    assert obs is not None
+    assert obs.state is JobState.UNKNOWN
+    assert obs.phase is JobPhase.UNKNOWN
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../b", "", "a//b", "./a", "a\x00b"])
+def test_confined_refuses_paths_that_leave_the_run_folder(path: str) -> None:
+    with pytest.raises(InvalidRequest):
+        confined("/home/sim/runs/r1", path)
+
+
+def test_confined_joins_a_plain_relative_path() -> None:
+    assert confined("/home/sim/runs/r1", "out/a.h5") == "/home/sim/runs/r1/out/a.h5"
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_budget_gives_its_capacity_then_refills_with_time() -> None:
+    clock = Ticks()
+    budget = Budget(6, now=clock)
+    assert [budget.take() for _ in range(7)] == [True] * 6 + [False]
+    clock.t += 10  # 6 per minute: one token every 10 s
+    assert budget.take()
+    assert not budget.take()
+
+
+def test_a_secret_that_is_not_a_key_is_refused_naming_the_reference_only() -> None:
+    secret = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot really a key\n"
+    with pytest.raises(ClusterAccessDenied) as refused:
+        load_private_key(secret, SecretRef("arn:aws:secretsmanager:x:secret:cluster-user"))
+    assert "cluster-user" in refused.value.message
+    assert "not really" not in refused.value.message
