@@ -29,6 +29,9 @@ import paramiko
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.contract.harness_slurm import stack_cluster  # noqa: E402
+from tests.stack import STACK_DIR, slurm, stack  # noqa: E402
+
 from obp_workflow.adapters.fake.provisioner import FakeProvisioner  # noqa: E402
 from obp_workflow.adapters.fake.runs import InMemoryRunRepository  # noqa: E402
 from obp_workflow.adapters.fake.simple import InMemoryInstances  # noqa: E402
@@ -41,8 +44,6 @@ from obp_workflow.core.cluster import KeyRole  # noqa: E402
 from obp_workflow.core.identity import ProjectRef  # noqa: E402
 from obp_workflow.core.request import SimulationRequest  # noqa: E402
 from obp_workflow.core.run import Requester, RunHeader, SimulationRun  # noqa: E402
-from tests.contract.harness_slurm import stack_cluster  # noqa: E402
-from tests.stack import STACK_DIR, slurm, stack  # noqa: E402
 
 PROJECT = ProjectRef.parse(
     "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10", "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
@@ -83,8 +84,14 @@ def latency(samples: int) -> list[tuple[str, str, float, float]]:
         client = paramiko.SSHClient()
         client.load_host_keys(known_hosts)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(st.host, st.port, username=user, key_filename=key_file,
-                       look_for_keys=False, allow_agent=False)
+        client.connect(
+            st.host,
+            st.port,
+            username=user,
+            key_filename=key_file,
+            look_for_keys=False,
+            allow_agent=False,
+        )
         try:
             _, out, _ = client.exec_command(shlex.join(argv))
             out.channel.recv_exit_status()
@@ -94,10 +101,23 @@ def latency(samples: int) -> list[tuple[str, str, float, float]]:
 
     def openssh_cli(argv: list[str]) -> None:
         subprocess.run(
-            ["ssh", "-i", key_file, "-p", str(st.port), "-o", f"UserKnownHostsFile={known_hosts}",
-             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"{user}@{st.host}",
-             shlex.join(argv)],
-            check=True, capture_output=True,
+            [
+                "ssh",
+                "-i",
+                key_file,
+                "-p",
+                str(st.port),
+                "-o",
+                f"UserKnownHostsFile={known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                f"{user}@{st.host}",
+                shlex.join(argv),
+            ],
+            check=True,
+            capture_output=True,
         )
 
     for name, argv in commands.items():
@@ -121,12 +141,16 @@ def submit_held(count: int) -> list[str]:
     """``count`` held jobs of the stack's user, submitted on the cluster in one batch."""
     user = stack().user("sim")
     script = (
-        f'cd ~ && for i in $(seq {count}); do '
-        'sbatch --parsable --hold --job-name=obp-bench --output=/dev/null --wrap true || exit 1; '
-        'done'
+        f"cd ~ && for i in $(seq {count}); do "
+        "sbatch --parsable --hold --job-name=obp-bench --output=/dev/null --wrap true || exit 1; "
+        "done"
     )
-    done = subprocess.run(["runuser", "-u", user, "--", "bash", "-c", script],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        ["runuser", "-u", user, "--", "bash", "-c", script],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return [line.split(";")[0] for line in done.stdout.split()]
 
 
@@ -141,15 +165,18 @@ def monitor_cost(sizes: Sequence[int], cycles: int) -> list[dict[str, float]]:
         cancel_bench_jobs()
         t0 = time.perf_counter()
         job_ids = submit_held(size)
-        print(f"  {size:>6} runs: {len(job_ids)} held jobs submitted in "
-              f"{time.perf_counter() - t0:.1f} s")
+        print(
+            f"  {size:>6} runs: {len(job_ids)} held jobs submitted in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
         repo = InMemoryRunRepository()
         clock = SystemClock()
         request = SimulationRequest.parse({"command": ["true"]})
         for i, job_id in enumerate(job_ids):
             run = SimulationRun.accept(
-                RunHeader(f"bench-{i:08d}", PROJECT, Requester("s", "bench"), request,
-                          datetime.now(UTC))
+                RunHeader(
+                    f"bench-{i:08d}", PROJECT, Requester("s", "bench"), request, datetime.now(UTC)
+                )
             )
             now = datetime.now(UTC)
             run.start_provisioning(now)
@@ -186,9 +213,11 @@ def monitor_cost(sizes: Sequence[int], cycles: int) -> list[dict[str, float]]:
             "cpu": statistics.median(cpus),
             "cpu_max": max(cpus),
         }
-        print(f"  {size:>6} runs: {row['commands']} scheduler commands per cycle, "
-              f"wall {row['wall'] * 1000:.0f} ms, service CPU {row['cpu'] * 1000:.0f} ms "
-              f"(max {row['cpu_max'] * 1000:.0f} ms)")
+        print(
+            f"  {size:>6} runs: {row['commands']} scheduler commands per cycle, "
+            f"wall {row['wall'] * 1000:.0f} ms, service CPU {row['cpu'] * 1000:.0f} ms "
+            f"(max {row['cpu_max'] * 1000:.0f} ms)"
+        )
         results.append(row)
         pool.close()
         cancel_bench_jobs()
@@ -206,13 +235,16 @@ def machine() -> str:
             break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     slurm_version = slurm("sinfo", "--version", check=False).strip()
-    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.platform()}, "
-            f"Python {platform.python_version()}, paramiko {paramiko.__version__}, "
-            f"{slurm_version}; the test stack on loopback ({STACK_DIR})")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.platform()}, "
+        f"Python {platform.python_version()}, paramiko {paramiko.__version__}, "
+        f"{slurm_version}; the test stack on loopback ({STACK_DIR})"
+    )
 
 
-def write_report(command: str, lat: list[tuple[str, str, float, float]],
-                 mon: list[dict[str, float]], cycles: int) -> None:
+def write_report(
+    command: str, lat: list[tuple[str, str, float, float]], mon: list[dict[str, float]], cycles: int
+) -> None:
     out = REPO / "docs" / "benchmarks.md"
     lines = [
         "# Benchmarks",
@@ -252,8 +284,9 @@ def write_report(command: str, lat: list[tuple[str, str, float, float]],
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--latency-samples", type=int, default=50)
     parser.add_argument("--cycles", type=int, default=5)

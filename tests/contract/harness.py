@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import posixpath
+import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,9 +79,14 @@ REQUESTER = Requester("3f1c2a9e-0000-4000-8000-00000000a11c", "alice")
 _run_numbers = itertools.count(1)
 
 
+#: Real systems keep state between test sessions (Slurm accounting, run folders): each session
+#: draws its own token so that no run id, job tag or folder is ever reused.
+_SESSION = secrets.token_hex(4)
+
+
 def fresh_run_id(prefix: str = "ct") -> str:
-    """A run id no other test of this session uses (real systems keep state between tests)."""
-    return f"{prefix}-{next(_run_numbers):08d}"
+    """A run id no other test, in this session or any earlier one, uses."""
+    return f"{prefix}-{_SESSION}-{next(_run_numbers):06d}"
 
 
 def make_request(

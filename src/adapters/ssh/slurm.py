@@ -47,6 +47,8 @@ _NOT_SENT = ("Unable to contact slurm controller", "Connection refused")
 SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:"
 SACCT_FIELDS = "JobID,State,ExitCode,JobName,Start,End,Elapsed"
 FIND_WINDOW = "now-60days"
+#: Above this many jobs, squeue is asked by user rather than by a list of ids.
+SQUEUE_IDS_AT_MOST = 50
 
 
 def confined(run_folder: str, path: str) -> str:
@@ -164,24 +166,28 @@ class SlurmGateway(ClusterGateway):
         if not ids:
             return {}
         endpoint = Endpoint.of(cluster, KeyRole.USER)
+        wanted = set(ids)
         seen: dict[str, JobObservation] = {}
+        # Few jobs: name them. Many: ask for the service's users' jobs and filter here, which
+        # costs slurmctld far less than a long id list (10,000 ids: 1.6 s against 0.08 s).
+        users = {cluster.ssh_user, cluster.admin_user or cluster.ssh_user}
+        select = (
+            f"--jobs={','.join(ids)}"
+            if len(ids) <= SQUEUE_IDS_AT_MOST
+            else f"--users={','.join(sorted(users))}"
+        )
         live = self._query(
             endpoint,
-            [
-                "squeue",
-                "--noheader",
-                "--states=all",
-                f"--jobs={','.join(ids)}",
-                f"--Format={SQUEUE_FORMAT}",
-            ],
+            ["squeue", "--noheader", "--states=all", select, f"--Format={SQUEUE_FORMAT}"],
             missing_ok=True,
         )
         for line in live.text().splitlines():
             obs = parse_squeue_line(line)
-            if obs is not None and obs.job_id in ids:
+            if obs is not None and obs.job_id in wanted:
                 seen[obs.job_id] = obs
         # Jobs the controller has forgotten (after MinJobAge) are known only to accounting.
         ask = [j for j in ids if j not in seen]
+        missing = set(ask)
         if ask:
             past = self._query(
                 endpoint,
@@ -197,7 +203,7 @@ class SlurmGateway(ClusterGateway):
             )
             for line in past.text().splitlines():
                 obs = parse_sacct_line(line)
-                if obs is not None and obs.job_id in ask:
+                if obs is not None and obs.job_id in missing:
                     seen[obs.job_id] = obs
         return {
             j: seen.get(j) or JobObservation.unknown(j, "neither squeue nor sacct knows the job")
