@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.moto_server import MotoServer, start_moto
 
 settings.register_profile(
     "ci",
@@ -28,3 +32,20 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A real moto server on loopback for the whole session (see tests/moto_server.py)."""
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """The session's moto server, emptied before the test."""
+    moto_server.reset()
+    return moto_server
