@@ -7,6 +7,7 @@ the Slurm command line (release a held job, read accounting), as an operator wou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from obp_workflow.core.jobspec import JOB_SCRIPT, JobSpec
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_DIR = Path(os.environ.get("OBP_STACK_DIR", "/var/tmp/obp-workflow-stack"))
@@ -94,6 +97,42 @@ def job_state(job_id: str) -> str | None:
         return live.split()[0]
     past = slurm("sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", "--format=State", check=False)
     return past.split()[0] if past.strip() else None
+
+
+def in_controller(job_id: str) -> bool:
+    """Whether slurmctld still knows the job (it forgets finished jobs after MinJobAge)."""
+    return bool(
+        slurm(
+            "squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%i", check=False
+        ).strip()
+    )
+
+
+def tagged_ids(tag: str) -> set[str]:
+    """Every job id, live or accounted, whose name is ``tag``."""
+    live = slurm(
+        "squeue", "--noheader", "--states=all", f"--name={tag}", "--format=%i", check=False
+    ).split()
+    past = slurm(
+        "sacct",
+        "-X",
+        "-n",
+        "-P",
+        "-a",
+        f"--name={tag}",
+        "--starttime=now-1days",
+        "--endtime=now",
+        "--format=JobID",
+        check=False,
+    ).split()
+    return set(live) | set(past)
+
+
+def held(spec: JobSpec) -> JobSpec:
+    """The same job, submitted held (PENDING until released): added by tests, never by the
+    adapter."""
+    script = spec.files[JOB_SCRIPT].replace("#!/bin/bash\n", "#!/bin/bash\n#SBATCH --hold\n", 1)
+    return dataclasses.replace(spec, files={**spec.files, JOB_SCRIPT: script})
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> None:

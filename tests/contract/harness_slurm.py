@@ -8,7 +8,6 @@ and cuts the connection with the stack's own means (sshd stopped, the sbatch fix
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import shutil
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from obp_workflow.adapters.fake.simple import InMemorySecretStore
 from obp_workflow.adapters.ssh.connection import PoolSettings, SshPool
 from obp_workflow.adapters.ssh.slurm import SlurmGateway
 from obp_workflow.core.cluster import ClusterHandle, SecretRef, SharedStorage
-from obp_workflow.core.jobspec import JOB_SCRIPT, LOG_FILE, build_job_spec
+from obp_workflow.core.jobspec import LOG_FILE, build_job_spec
 from obp_workflow.ports.cluster import ClusterGateway
 from tests.contract.harness import (
     ENDING_COMMANDS,
@@ -28,7 +27,16 @@ from tests.contract.harness import (
     make_header,
     make_request,
 )
-from tests.stack import STACK_DIR, job_state, slurm, stack, wait_until
+from tests.stack import (
+    STACK_DIR,
+    held,
+    in_controller,
+    job_state,
+    slurm,
+    stack,
+    tagged_ids,
+    wait_until,
+)
 
 GATES = STACK_DIR / "gates"
 _gates = itertools.count()
@@ -104,8 +112,7 @@ class SlurmClusterHarness:
         )
         header = make_header(PROJECT_A, request=request)
         spec = build_job_spec(header, self.cluster)
-        held = spec.files[JOB_SCRIPT].replace("#!/bin/bash\n", "#!/bin/bash\n#SBATCH --hold\n", 1)
-        spec = dataclasses.replace(spec, files={**spec.files, JOB_SCRIPT: held})
+        spec = held(spec)
         self._endings[spec.tag] = ending
         if tag_gate is not None:
             self._gates[spec.tag] = tag_gate
@@ -131,16 +138,7 @@ class SlurmClusterHarness:
 
     def purge(self, job_id: str) -> None:
         wait_until(
-            lambda: (
-                not slurm(
-                    "squeue",
-                    "--noheader",
-                    "--states=all",
-                    f"--jobs={job_id}",
-                    "--format=%i",
-                    check=False,
-                ).strip()
-            ),
+            lambda: not in_controller(job_id),
             60,
             f"slurmctld to forget job {job_id} (MinJobAge)",
             interval=1.0,
@@ -155,22 +153,7 @@ class SlurmClusterHarness:
         stack().sshd("start" if reachable else "stop")
 
     def jobs_tagged(self, tag: str) -> int:
-        live = slurm(
-            "squeue", "--noheader", "--states=all", f"--name={tag}", "--format=%i", check=False
-        ).split()
-        past = slurm(
-            "sacct",
-            "-X",
-            "-n",
-            "-P",
-            "-a",
-            f"--name={tag}",
-            "--starttime=now-1days",
-            "--endtime=now",
-            "--format=JobID",
-            check=False,
-        ).split()
-        return len(set(live) | set(past))
+        return len(tagged_ids(tag))
 
     def read_file(self, path: str) -> bytes | None:
         file = Path(path)

@@ -41,7 +41,7 @@ from obp_workflow.core.jobspec import build_job_spec
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import Requester, RunHeader, RunState, SimulationRun
 from tests.contract.harness_slurm import TEST_POOL, stack_cluster
-from tests.stack import slurm, stack, wait_until
+from tests.stack import held, in_controller, slurm, stack, tagged_ids, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -198,37 +198,7 @@ def test_a_connection_cut_right_after_sbatch_leaves_one_job_that_is_adopted(worl
     assert not flag.exists(), "the fixture did not run: the fault was not injected"
     assert after.state is RunState.QUEUED
     assert after.job_adopted, [e.reason for e in after.events]
-    tag = run.header.tag
-    wait_until(
-        lambda: (
-            slurm(
-                "sacct",
-                "-X",
-                "-n",
-                "-a",
-                f"--name={tag}",
-                "--starttime=now-1hours",
-                "--format=JobID",
-                check=False,
-            ).split()
-            != []
-        ),
-        30,
-        "accounting",
-    )
-    ids = set(
-        slurm(
-            "sacct",
-            "-X",
-            "-n",
-            "-a",
-            f"--name={tag}",
-            "--starttime=now-1hours",
-            "--format=JobID",
-            check=False,
-        ).split()
-    )
-    assert ids == {after.job_id}
+    assert tagged_ids(run.header.tag) == {after.job_id}
 
 
 def test_a_job_purged_from_the_controller_still_resolves_through_sacct(world: World) -> None:
@@ -237,21 +207,7 @@ def test_a_job_purged_from_the_controller_still_resolves_through_sacct(world: Wo
     until_state(w, run.run_id, {RunState.QUEUED, RunState.RUNNING, RunState.FAILED})
     job_id = w.run(run.run_id).job_id
     assert job_id is not None
-    wait_until(
-        lambda: (
-            not slurm(
-                "squeue",
-                "--noheader",
-                "--states=all",
-                f"--jobs={job_id}",
-                "--format=%i",
-                check=False,
-            ).strip()
-        ),
-        60,
-        "MinJobAge purge",
-        interval=1.0,
-    )
+    wait_until(lambda: not in_controller(job_id), 60, "MinJobAge purge", interval=1.0)
     w.service.monitor_cycle()
     final = w.run(run.run_id)
     assert final.state is RunState.FAILED
@@ -319,16 +275,16 @@ def test_a_burst_of_200_submissions_opens_one_connection() -> None:
     ids: list[str] = []
     lock = threading.Lock()
 
+    errors: list[BaseException] = []
+
     def submit_all(part: list[RunHeader]) -> None:
-        for header in part:
-            spec = build_job_spec(header, handle)
-            held = spec.files["job.sbatch"].replace(
-                "#!/bin/bash\n", "#!/bin/bash\n#SBATCH --hold\n"
-            )
-            spec = dataclasses.replace(spec, files={**spec.files, "job.sbatch": held})
-            job_id = gateway.submit(handle, spec)
-            with lock:
-                ids.append(job_id)
+        try:
+            for header in part:
+                job_id = gateway.submit(handle, held(build_job_spec(header, handle)))
+                with lock:
+                    ids.append(job_id)
+        except BaseException as exc:  # reported below, with the thread's story
+            errors.append(exc)
 
     workers = [threading.Thread(target=submit_all, args=(headers[i::8],)) for i in range(8)]
     try:
@@ -336,6 +292,7 @@ def test_a_burst_of_200_submissions_opens_one_connection() -> None:
             t.start()
         for t in workers:
             t.join()
+        assert errors == []
         assert len(ids) == len(set(ids)) == 200
         assert pool.connects == 1
         seen = gateway.poll(handle, ids)

@@ -164,7 +164,11 @@ class Connection:
             channel.exec_command(command)
             if stdin:
                 channel.sendall(stdin)
-            channel.shutdown_write()
+                channel.shutdown_write()
+            # Without stdin no EOF is sent: a command that has already ended makes the server
+            # free its channel, and an EOF racing that makes OpenSSH drop the whole connection
+            # ("ieof packet referred to nonexistent channel"). The service's commands never
+            # read stdin.
             stdout = _read_all(channel.recv)
             stderr = _read_all(channel.recv_stderr)
             if not channel.status_event.wait(timeout):
