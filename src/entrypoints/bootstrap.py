@@ -7,6 +7,7 @@ each adapter the first time it is needed.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from dependency_injector import containers, providers
 
@@ -97,25 +98,34 @@ class FakeAdapters(containers.DeclarativeContainer):
     tokens = providers.Singleton(StaticTokenVerifier)
 
 
+def adapters_for(settings: Settings) -> containers.DeclarativeContainer:
+    """The adapter family ``settings.adapters`` names (AWS imported only when asked for)."""
+    if settings.adapters == "aws":
+        from obp_workflow.entrypoints.wiring_aws import AwsAdapters
+
+        return AwsAdapters(settings=providers.Object(settings))
+    return FakeAdapters()
+
+
 def build(settings: Settings, **overrides: object) -> Service:
     """The service wired as ``settings.adapters`` says; ``overrides`` replace single adapters
     (given as instances), e.g. a manual clock in a test."""
-    fakes = FakeAdapters()
+    family: Any = adapters_for(settings)
     for name, value in overrides.items():
-        getattr(fakes, name).override(providers.Object(value))
+        getattr(family, name).override(providers.Object(value))
     container = Service(
         settings=providers.Object(settings),
-        clock=fakes.clock,
-        ids=fakes.ids,
-        events=fakes.events,
-        runs=fakes.runs,
-        provisioner=fakes.provisioner,
-        gateway=fakes.cluster,
-        synchronizer=fakes.synchronizer,
-        knowledge_graph=fakes.knowledge_graph,
-        instances=fakes.instances,
-        secrets=fakes.secrets,
-        tokens=fakes.tokens,
+        clock=family.clock,
+        ids=family.ids,
+        events=family.events,
+        runs=family.runs,
+        provisioner=family.provisioner,
+        gateway=family.cluster,
+        synchronizer=family.synchronizer,
+        knowledge_graph=family.knowledge_graph,
+        instances=family.instances,
+        secrets=family.secrets,
+        tokens=family.tokens,
     )
     container.check_dependencies()
     return container

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Settings that must be given when the AWS adapters are wired.
+AWS_REQUIRED = (
+    "runs_table",
+    "ecs_cluster",
+    "ecs_task_definition",
+    "ecs_container_name",
+    "ecs_subnets",
+    "provisioner_url",
+    "keycloak_issuer",
+)
 
 
 class SettingsError(Exception):
@@ -15,14 +26,15 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OBP_", extra="ignore", frozen=True)
 
-    adapters: Literal["fake"] = Field(
-        "fake", description="Which adapters to wire: 'fake' (in memory)."
+    adapters: Literal["fake", "aws"] = Field(
+        "fake", description="Which adapters to wire: 'fake' (in memory) or 'aws'."
     )
+    # ---------------------------------------------------------------- the pipeline
     provisioning_timeout_minutes: int = Field(
         60, ge=1, le=24 * 60, description="How long a run may wait for its cluster."
     )
     max_submit_attempts: int = Field(
-        5, ge=1, le=100, description="Submissions tried before a run fails."
+        5, ge=1, le=100, description="Unconfirmed submissions tried before a run fails."
     )
     cluster_cache_seconds: int = Field(
         60, ge=0, le=3600, description="How long a cluster's description is reused."
@@ -42,6 +54,69 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level of the service's own loggers."
     )
+    # ---------------------------------------------------------------- AWS
+    aws_region: str = Field("us-east-1", min_length=1, description="AWS region of every client.")
+    aws_endpoint_url: str | None = Field(
+        None, description="Endpoint override for every AWS client (e.g. a moto server)."
+    )
+    runs_table: str | None = Field(None, description="DynamoDB table of the runs.")
+    ecs_cluster: str | None = Field(None, description="ECS cluster of the workflow instances.")
+    ecs_task_definition: str | None = Field(None, description="Task definition of an instance.")
+    ecs_container_name: str | None = Field(None, description="Its container given the project.")
+    ecs_subnets: str | None = Field(None, description="Comma-separated subnets (awsvpc).")
+    ecs_security_groups: str = Field("", description="Comma-separated security groups.")
+    ecs_assign_public_ip: bool = Field(False, description="Give instances a public IP.")
+    ecs_launch_type: Literal["FARGATE", "EC2"] = Field("FARGATE", description="ECS launch type.")
+    secrets_cache_seconds: int = Field(
+        300, ge=0, le=3600, description="How long a secret read from Secrets Manager is reused."
+    )
+    # ---------------------------------------------------------------- the provisioner
+    provisioner_url: str | None = Field(
+        None, description="Base URL of the ParallelCluster Provisioner API (SigV4, execute-api)."
+    )
+    provisioner_tier: str | None = Field(None, description="Cluster tier asked for, e.g. debug.")
+    provisioner_include_lustre: bool = Field(True, description="Ask for Lustre FSx storage.")
+    lustre_bucket: str = Field("", description="The Nexus data bucket behind the Nexus-DRA.")
+    lustre_prefix: str = Field("", description="Key prefix of the Nexus-DRA in that bucket.")
+    host_key_secret_template: str = Field(
+        "{cluster_name}-host-key",
+        description="Secret holding a cluster head node's public host key (pinned).",
+    )
+
+    # ---------------------------------------------------------------- Keycloak
+    keycloak_issuer: str | None = Field(
+        None, description="Realm URL as in the tokens' iss, e.g. https://HOST/realms/REALM."
+    )
+    keycloak_audiences: str = Field(
+        "", description="Comma-separated accepted token audiences (aud)."
+    )
+    keycloak_authorized_parties: str = Field(
+        "", description="Comma-separated accepted authorized parties (azp)."
+    )
+    keycloak_groups_source: Literal["token", "userinfo"] = Field(
+        "token", description="Where memberships come from: the groups claim or /userinfo."
+    )
+
+    @model_validator(mode="after")
+    def _aws_needs(self) -> Settings:
+        if self.adapters == "aws":
+            missing = [name for name in AWS_REQUIRED if not getattr(self, name)]
+            if self.provisioner_include_lustre and not self.lustre_bucket:
+                missing.append("lustre_bucket")
+            if self.keycloak_issuer and not (
+                self.keycloak_audiences or self.keycloak_authorized_parties
+            ):
+                missing.append("keycloak_audiences")
+            if missing:
+                raise ValueError(
+                    "required with OBP_ADAPTERS=aws: "
+                    + ", ".join("OBP_" + name.upper() for name in missing)
+                )
+        return self
+
+    @staticmethod
+    def split(value: str | None) -> tuple[str, ...]:
+        return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -52,5 +127,6 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors(include_url=False, include_input=False):
             name = "OBP_" + "_".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"{name}: {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(message if name == "OBP_" else f"{name}: {message}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

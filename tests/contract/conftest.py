@@ -35,29 +35,51 @@ from tests.contract.harness import (
     SyncHarness,
     VerifierHarness,
 )
+from tests.contract.harness_aws import EcsInstancesHarness, SecretsManagerHarness
+from tests.contract.harness_keycloak import KeycloakVerifierHarness
+from tests.contract.harness_nexus import NexusGraphHarness
+from tests.contract.harness_provisioner import HttpProvisionerHarness
+from tests.contract.harness_repositories import (
+    DynamoRunRepositoryHarness,
+    SqliteRunRepositoryHarness,
+)
 from tests.contract.harness_slurm import SlurmClusterHarness
 
-# Later: sqlite, dynamodb.
-RUN_REPOSITORIES = [pytest.param(FakeRunRepositoryHarness, id="fake")]
+RUN_REPOSITORIES = [
+    pytest.param(FakeRunRepositoryHarness, id="fake"),
+    pytest.param(SqliteRunRepositoryHarness, id="sqlite"),
+    pytest.param(DynamoRunRepositoryHarness, id="dynamodb"),
+]
 CLUSTER_GATEWAYS = [
     pytest.param(FakeClusterHarness, id="fake"),
     pytest.param(SlurmClusterHarness, id="ssh-slurm", marks=pytest.mark.stack),
 ]
-# Later: provisioner-http.
-PROVISIONERS = [pytest.param(FakeProvisionerHarness, id="fake")]
-# Later: secretsmanager.
-SECRET_STORES = [pytest.param(FakeSecretStoreHarness, id="fake")]
-# Later: ecs.
-INSTANCE_ORCHESTRATORS = [pytest.param(FakeInstancesHarness, id="fake")]
+PROVISIONERS = [
+    pytest.param(FakeProvisionerHarness, id="fake"),
+    pytest.param(HttpProvisionerHarness, id="provisioner-http"),
+]
+SECRET_STORES = [
+    pytest.param(FakeSecretStoreHarness, id="fake"),
+    pytest.param(SecretsManagerHarness, id="secretsmanager"),
+]
+INSTANCE_ORCHESTRATORS = [
+    pytest.param(FakeInstancesHarness, id="fake"),
+    pytest.param(EcsInstancesHarness, id="ecs"),
+]
 # The two ways out of a cluster. Later: lustre-hsm, nexus-upload.
 DATA_SYNCHRONIZERS = [
     pytest.param(lambda: FakeSyncHarness(lustre=True), id="fake-lustre"),
     pytest.param(lambda: FakeSyncHarness(lustre=False), id="fake-upload"),
 ]
 # Later: nexus-http.
-KNOWLEDGE_GRAPHS = [pytest.param(FakeGraphHarness, id="fake")]
-# Later: keycloak.
-TOKEN_VERIFIERS = [pytest.param(FakeVerifierHarness, id="fake")]
+KNOWLEDGE_GRAPHS = [
+    pytest.param(FakeGraphHarness, id="fake"),
+    pytest.param(NexusGraphHarness, id="nexus-http"),
+]
+TOKEN_VERIFIERS = [
+    pytest.param(FakeVerifierHarness, id="fake"),
+    pytest.param(KeycloakVerifierHarness, id="keycloak"),
+]
 CLOCKS = [
     pytest.param(lambda: ManualClock(T0), id="manual"),
     pytest.param(SystemClock, id="system"),
@@ -73,7 +95,10 @@ EVENT_PUBLISHERS = [
 
 
 def _harness(request: pytest.FixtureRequest) -> Iterator[Any]:
-    harness = request.param()
+    # A harness class that names fixtures in ``FIXTURES`` (e.g. ``("moto",)``) gets them as
+    # keyword arguments; every other harness is built with no arguments.
+    needs = getattr(request.param, "FIXTURES", ())
+    harness = request.param(**{name: request.getfixturevalue(name) for name in needs})
     try:
         yield harness
     finally:

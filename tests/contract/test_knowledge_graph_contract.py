@@ -74,7 +74,9 @@ def test_registering_the_same_run_again_creates_nothing_new(graph_harness: Graph
     assert h.creations() == creations
     for ident, rev in revisions.items():
         assert rev is not None
-        assert (h.revision(ident) or 0) > rev, f"{ident} was not updated"
+        # An update may or may not write a revision (Delta >= 1.9 writes none when nothing
+        # changed); it never goes back.
+        assert (h.revision(ident) or 0) >= rev, f"{ident} went back"
     assert h.snapshot() == content
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import multiprocessing
 import random
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +38,7 @@ from tests.contract.harness import (
     make_header,
     make_request,
 )
+from tests.contract.harness_repositories import SharedStorageHarness
 
 S = RunState
 
@@ -710,3 +714,143 @@ def test_saving_over_a_damaged_record_raises_only_domain_errors(
     except Exception as exc:  # the contract under test: nothing but domain errors
         pytest.fail(f"save over a {how.value} record raised {type(exc).__name__}: {exc}")
     assert stored(repo, run) == facts(run)
+
+
+# ==================================================================== instances and processes
+
+
+def _second_instance(harness: RunRepositoryHarness) -> RunRepository:
+    """Another adapter instance on the harness's storage: its own connections or client.
+    The fake's storage is its object's memory, so its "second instance" is that same object."""
+    if isinstance(harness, SharedStorageHarness):
+        return harness.reopen()
+    return harness.repo
+
+
+def _race_from_a_process(
+    opener: Callable[[], RunRepository], run_id: str, rounds: int, barrier: Any, results: Any
+) -> None:
+    """One writer process (spawned): each round, load the run, wait until the other writer has
+    loaded the same version, record a change and save it. Puts (round, outcome) per round."""
+    repo = opener()
+    for n in range(rounds):
+        try:
+            barrier.wait(timeout=60)  # the previous round is over for both writers
+            mine = repo.get(PROJECT_A, run_id)
+            version = mine.version
+            mine.record_submit_attempt(at(10 + n))
+            barrier.wait(timeout=60)  # both writers hold the same version
+            repo.save(mine, version)
+            outcome = "won"
+        except Conflict:
+            outcome = "conflict"
+        except BaseException as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        results.put((n, outcome))
+
+
+def _race_in_processes(
+    opener: Callable[[], RunRepository], run_id: str, rounds: int
+) -> dict[int, list[str]]:
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(2), spawn.Queue()
+    writers = [
+        spawn.Process(
+            target=_race_from_a_process,
+            args=(opener, run_id, rounds, barrier, results),
+            daemon=True,
+        )
+        for _ in range(2)
+    ]
+    for writer in writers:
+        writer.start()
+    outcomes: dict[int, list[str]] = {n: [] for n in range(rounds)}
+    try:
+        for _ in range(2 * rounds):
+            n, outcome = results.get(timeout=120)
+            outcomes[n].append(outcome)
+    finally:
+        for writer in writers:
+            writer.join(timeout=30)
+            if writer.is_alive():
+                writer.kill()
+    assert [w.exitcode for w in writers] == [0, 0]
+    return outcomes
+
+
+def test_two_processes_racing_on_each_version_let_exactly_one_win(
+    repo_harness: RunRepositoryHarness,
+) -> None:
+    """Two writers in two processes, each with its own adapter instance on the same storage
+    (spawned: they share nothing but the file or the table), race on each version of one run:
+    in every round exactly one save goes through and the other is Conflict.
+
+    The fake cannot be shared by processes (its runs live in one object's memory), so for it
+    the two writers are threads on that object: the same assertions, but a weaker claim, and
+    the only one the fake can honestly be held to."""
+    repo = repo_harness.repo
+    run = advance(new_run(), S.SUBMITTING)
+    repo.add(run)
+    rounds = 4
+    if isinstance(repo_harness, SharedStorageHarness):
+        outcomes = _race_in_processes(repo_harness.opener(), run.run_id, rounds)
+    else:
+        outcomes = {
+            n: [
+                "won" if o is True else "conflict" if isinstance(o, Conflict) else repr(o)
+                for o in _race(repo, run.run_id, 2, at(10 + n))
+            ]
+            for n in range(rounds)
+        }
+    for n in range(rounds):
+        assert sorted(outcomes[n]) == ["conflict", "won"], f"round {n}: {outcomes[n]}"
+    final = repo.get(PROJECT_A, run.run_id)
+    assert final.submit_attempts == rounds
+    assert final.version == run.version + rounds
+
+
+def _at_once(calls: list[Callable[[], object]]) -> list[BaseException | None]:
+    """Run the calls in threads released together; what each raised (None: it returned)."""
+    start = threading.Barrier(len(calls))
+    raised: list[BaseException | None] = [None] * len(calls)
+
+    def call(n: int) -> None:
+        start.wait(timeout=10)
+        try:
+            calls[n]()
+        except BaseException as exc:
+            raised[n] = exc
+
+    pool = [threading.Thread(target=call, args=(n,)) for n in range(len(calls))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=30)
+    return raised
+
+
+def test_one_idempotency_key_added_through_two_instances_at_once_makes_one_run(
+    repo_harness: RunRepositoryHarness,
+) -> None:
+    """Two adapter instances on the same storage (for the fake: its one object) add two runs
+    with the same idempotency key at the same moment, ten times over: each time one run is
+    stored, the other add is IdempotencyConflict and stores nothing, and both instances then
+    find the stored run by the key (which is how a replayed request is answered)."""
+    instances = (repo_harness.repo, _second_instance(repo_harness))
+    keys = 10
+    for n in range(keys):
+        key = f"submit-race-{n}"
+        runs = [new_run(key=key, minute=n) for _ in instances]
+        raised = _at_once(
+            [functools.partial(repo.add, run) for repo, run in zip(instances, runs, strict=True)]
+        )
+        winners = [run for run, exc in zip(runs, raised, strict=True) if exc is None]
+        assert len(winners) == 1, f"key {n}: {raised}"
+        assert [type(exc) for exc in raised if exc is not None] == [IdempotencyConflict]
+        for repo in instances:
+            found = repo.find_by_idempotency_key(PROJECT_A, key)
+            assert found is not None
+            assert facts(found) == facts(winners[0])
+    listed = repo_harness.repo.list(PROJECT_A, limit=100).runs
+    assert len(listed) == keys
+    assert {r.header.idempotency_key for r in listed} == {f"submit-race-{n}" for n in range(keys)}

@@ -46,3 +46,22 @@ def test_the_demo_drives_one_simulation_to_done(
     path = "ACCEPTED -> PROVISIONING -> SUBMITTING -> QUEUED -> RUNNING -> SYNCING -> REGISTERING"
     assert f"{path} -> DONE" in out
     assert ("lustre-hsm" in out) == (flags == [])
+
+
+def test_the_aws_adapters_need_their_settings_each_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OBP_ADAPTERS", "aws")
+    monkeypatch.setenv("OBP_RUNS_TABLE", "runs")
+    with pytest.raises(SettingsError) as wrong:
+        load_settings()
+    text = str(wrong.value)
+    for name in (
+        "OBP_ECS_CLUSTER",
+        "OBP_ECS_TASK_DEFINITION",
+        "OBP_ECS_CONTAINER_NAME",
+        "OBP_ECS_SUBNETS",
+        "OBP_PROVISIONER_URL",
+        "OBP_LUSTRE_BUCKET",
+        "OBP_KEYCLOAK_ISSUER",
+    ):
+        assert name in text
+    assert "OBP_RUNS_TABLE" not in text

@@ -1,0 +1,576 @@
+"""A RunRepository in one DynamoDB table (boto3 low-level client, built by the composition root).
+
+Items of the table (partition key ``pk``, sort key ``sk``):
+
+- a run: ``pk`` = project key, ``sk`` = ``run#`` + run id; ``record`` (``core.records.dumps``),
+  ``state``, ``version`` (the optimistic concurrency token), ``created_at``, ``schema``,
+  ``idem`` (its idempotency key, if any), and the keys of three indexes:
+  ``gsi1pk``/``gsi1sk`` = project / position (creation instant in UTC, then run id) for
+  listing a project's runs newest first; ``active_pk``/``active_sk``, present only while the
+  run is not terminal; ``watch_pk``/``watch_sk`` with ``watch_job``, ``watch_raw``,
+  ``watch_stale`` (the run's ``JobWatch``), present only while the run has a job to watch.
+  The last two indexes are sparse: ``list_active()`` and ``list_watched()`` across every
+  project are one query each, and a monitor cycle reads no record at all.
+- an idempotency key: ``pk`` = project key, ``sk`` = ``idem#`` + key, ``run_id``. It is
+  written in one transaction with its run, each conditioned on ``attribute_not_exists``: a
+  taken key is IdempotencyConflict, an existing run id is Conflict, and neither is ever half
+  written. The ``run#``/``idem#`` prefixes keep the two kinds of item apart whatever the ids.
+
+``save`` is a PutItem conditioned on the stored ``version``: ConditionalCheckFailed is Conflict
+(or NotFound) and the stored run stays as it was. A write whose reply was lost and that
+botocore retried is recognised (a retried call that finds exactly its own record) and is a
+success, not a Conflict; a caller repeating a write itself still gets Conflict.
+
+Reads of one run are strongly consistent. Listings read global secondary indexes, which
+DynamoDB keeps eventually consistent (usually well under a second): a run just added or
+saved can be missing from, or stale in, a listing for that long, never from ``get``.
+
+Cursors are opaque, bound to the project and the state filter, and carry only a position:
+the partition a query reads always comes from the caller's project, never from a cursor.
+Every ClientError and BotoCoreError leaves as a domain error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import re
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from obp_workflow.core.errors import (
+    Conflict,
+    CorruptRecord,
+    DomainError,
+    FieldError,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+)
+from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.records import SCHEMA_VERSION, dumps, loads
+from obp_workflow.core.run import JobWatch, RunState, SimulationRun
+from obp_workflow.ports.runs import Page, RunRepository
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        CreateTableInputTypeDef,
+        GlobalSecondaryIndexTypeDef,
+        QueryInputTypeDef,
+        TransactWriteItemTypeDef,
+    )
+
+    Item = Mapping[str, AttributeValueTypeDef]
+
+RUN_PREFIX = "run#"
+IDEM_PREFIX = "idem#"
+BY_PROJECT_INDEX = "by-project"
+ACTIVE_INDEX = "active"
+WATCHED_INDEX = "watched"
+#: What the watched index holds besides its keys: the ``JobWatch``, and no record.
+WATCH_ATTRIBUTES = ("watch_job", "watch_raw", "watch_stale")
+_ACTIVE = "ACTIVE"
+_WATCHED = "WATCHED"
+#: DynamoDB's limit on a sort key value, in bytes.
+_MAX_SORT_KEY = 1024
+#: How often a transaction cancelled by a concurrent one (TransactionConflict) is tried.
+_TRANSACTION_ATTEMPTS = 5
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+def table_schema(table_name: str) -> CreateTableInputTypeDef:
+    """The CreateTable arguments of the runs table (for the tests and a deployment template)."""
+
+    def index(name: str, keys: tuple[str, str], extra: list[str]) -> GlobalSecondaryIndexTypeDef:
+        return {
+            "IndexName": name,
+            "KeySchema": [
+                {"AttributeName": keys[0], "KeyType": "HASH"},
+                {"AttributeName": keys[1], "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": extra},
+        }
+
+    keys = ["pk", "sk", "gsi1pk", "gsi1sk", "active_pk", "active_sk", "watch_pk", "watch_sk"]
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": k, "AttributeType": "S"} for k in keys],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            index(BY_PROJECT_INDEX, ("gsi1pk", "gsi1sk"), ["record", "state"]),
+            index(ACTIVE_INDEX, ("active_pk", "active_sk"), ["record"]),
+            index(WATCHED_INDEX, ("watch_pk", "watch_sk"), [*WATCH_ATTRIBUTES]),
+        ],
+    }
+
+
+def create_table(client: DynamoDBClient, table_name: str, *, wait_seconds: int = 120) -> None:
+    """Create the runs table (nothing when it exists) and wait until it is ACTIVE."""
+    try:
+        client.create_table(**table_schema(table_name))
+    except ClientError as exc:
+        if _code(exc) != "ResourceInUseException":
+            raise _unavailable(exc, table_name, f"creating table {table_name}") from None
+    except BotoCoreError as exc:
+        raise _unreachable(exc, f"creating table {table_name}") from None
+    try:
+        client.get_waiter("table_exists").wait(
+            TableName=table_name,
+            WaiterConfig={"Delay": 1, "MaxAttempts": max(1, wait_seconds)},
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise ServiceUnavailable(
+            f"DynamoDB table {table_name} did not become ACTIVE: {type(exc).__name__}"
+        ) from None
+
+
+class DynamoRunRepository(RunRepository):
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self.table_name = table_name
+
+    def __repr__(self) -> str:
+        return f"DynamoRunRepository(table_name={self.table_name!r})"
+
+    # ---------------------------------------------------------------- writes
+
+    def add(self, run: SimulationRun) -> None:
+        item = _item(run)
+        key = run.header.idempotency_key
+        if key is None:
+            self._put_new(run, item)
+            return
+        idem: Item = {
+            "pk": {"S": run.project.key},
+            "sk": {"S": IDEM_PREFIX + key},
+            "run_id": {"S": run.run_id},
+        }
+        both: list[TransactWriteItemTypeDef] = [
+            {
+                "Put": {
+                    "TableName": self.table_name,
+                    "Item": written,
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+            for written in (item, idem)
+        ]
+        for attempt in range(_TRANSACTION_ATTEMPTS):
+            with self._aws(f"adding run {run.run_id}"):
+                try:
+                    # botocore gives the call a ClientRequestToken: its own retries of a
+                    # transaction whose reply was lost are answered as the first success.
+                    self._client.transact_write_items(TransactItems=both)
+                    return
+                except ClientError as exc:
+                    if _code(exc) != "TransactionCanceledException":
+                        raise
+                    reasons = [
+                        str(r.get("Code", "")) for r in exc.response.get("CancellationReasons", [])
+                    ]
+                    if reasons[:1] == ["ConditionalCheckFailed"]:
+                        raise Conflict(f"run {run.run_id} exists already") from None
+                    if reasons[1:2] == ["ConditionalCheckFailed"]:
+                        raise IdempotencyConflict(
+                            f"idempotency key already used in project {run.project}"
+                        ) from None
+                    if "TransactionConflict" not in reasons:
+                        raise
+            # Another transaction held one of the items: wait a little (jittered), try again.
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))  # noqa: S311
+        raise ServiceUnavailable(
+            f"run {run.run_id} could not be added: concurrent writes kept conflicting; try again"
+        )
+
+    def _put_new(self, run: SimulationRun, item: Item) -> None:
+        with self._aws(f"adding run {run.run_id}"):
+            try:
+                self._client.put_item(
+                    TableName=self.table_name,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(pk)",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if _code(exc) != _CONDITION_FAILED:
+                    raise
+                if _same_record(exc, item):
+                    return  # our own write, whose reply was lost and which botocore retried
+                raise Conflict(f"run {run.run_id} exists already") from None
+
+    def save(self, run: SimulationRun, expected_version: int) -> None:
+        item = _item(run)
+        with self._aws(f"saving run {run.run_id}"):
+            try:
+                self._client.put_item(
+                    TableName=self.table_name,
+                    Item=item,
+                    ConditionExpression="#version = :expected",
+                    ExpressionAttributeNames={"#version": "version"},
+                    ExpressionAttributeValues={":expected": {"N": str(expected_version)}},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if _code(exc) != _CONDITION_FAILED:
+                    raise
+                old = exc.response.get("Item")
+                if not isinstance(old, dict):
+                    raise NotFound(f"run {run.run_id} not found in project {run.project}") from None
+                if _same_record(exc, item):
+                    return  # our own write, whose reply was lost and which botocore retried
+                stored = _number(old, "version")
+                raise Conflict(
+                    f"run {run.run_id} changed meanwhile (version "
+                    f"{'?' if stored is None else stored}, expected {expected_version})"
+                ) from None
+
+    # ---------------------------------------------------------------- reads
+
+    def get(self, project: ProjectRef, run_id: str) -> SimulationRun:
+        if not _fits(RUN_PREFIX + run_id):
+            raise NotFound(f"run {run_id:.100} not found in project {project}")
+        with self._aws(f"reading run {run_id}"):
+            answer = self._client.get_item(
+                TableName=self.table_name,
+                Key={"pk": {"S": project.key}, "sk": {"S": RUN_PREFIX + run_id}},
+                ConsistentRead=True,
+            )
+        item = answer.get("Item")
+        if item is None:
+            raise NotFound(f"run {run_id} not found in project {project}")
+        return _run(item, project, run_id)
+
+    def find_by_idempotency_key(self, project: ProjectRef, key: str) -> SimulationRun | None:
+        if not _fits(IDEM_PREFIX + key):
+            return None
+        with self._aws("reading an idempotency key"):
+            answer = self._client.get_item(
+                TableName=self.table_name,
+                Key={"pk": {"S": project.key}, "sk": {"S": IDEM_PREFIX + key}},
+                ConsistentRead=True,
+            )
+        item = answer.get("Item")
+        if item is None:
+            return None
+        run_id = _text(item, "run_id")
+        if not run_id:
+            raise CorruptRecord(f"an idempotency key of project {project} names no run")
+        try:
+            return self.get(project, run_id)
+        except NotFound:
+            raise CorruptRecord(
+                f"an idempotency key of project {project} names run {run_id}, which is missing"
+            ) from None
+
+    def list(
+        self,
+        project: ProjectRef,
+        states: Collection[RunState] | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        if limit < 1:
+            raise InvalidRequest([FieldError("limit", "must be at least 1")])
+        after = _decode_cursor(cursor, project, states) if cursor else _FIRST
+        query: QueryInputTypeDef = {
+            "TableName": self.table_name,
+            "IndexName": BY_PROJECT_INDEX,
+            # The partition is the caller's project, always; a cursor only moves the bound.
+            "KeyConditionExpression": "gsi1pk = :project AND gsi1sk < :after",
+            "ScanIndexForward": False,
+            "Limit": limit + 1,
+        }
+        values: dict[str, AttributeValueTypeDef] = {
+            ":project": {"S": project.key},
+            ":after": {"S": after},
+        }
+        if states:
+            names = []
+            for n, state in enumerate(_filter_key(states)):
+                names.append(f":s{n}")
+                values[f":s{n}"] = {"S": state}
+            query["FilterExpression"] = f"#state IN ({', '.join(names)})"
+            query["ExpressionAttributeNames"] = {"#state": "state"}
+            query["Limit"] = max(limit + 1, 100)  # counted before the filter
+        query["ExpressionAttributeValues"] = values
+        found: list[Item] = []
+        for item in self._query(query, f"listing the runs of project {project}"):
+            found.append(item)
+            if len(found) > limit:
+                break
+        page = found[:limit]
+        runs = [_run(item, project, _run_id(item)) for item in page]
+        if len(found) <= limit:
+            return Page(runs, None)
+        position = _text(page[-1], "gsi1sk")
+        if position is None:
+            raise CorruptRecord(f"run {runs[-1].run_id} has no list position")
+        return Page(runs, _encode_cursor(project, states, position))
+
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
+        query = self._sparse_query(ACTIVE_INDEX, "active_pk", "active_sk", _ACTIVE, project)
+        return [
+            _run(item, _project(item), _run_id(item))
+            for item in self._query(query, "listing the active runs")
+        ]
+
+    def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
+        query = self._sparse_query(WATCHED_INDEX, "watch_pk", "watch_sk", _WATCHED, project)
+        return [_watch(item) for item in self._query(query, "listing the watched runs")]
+
+    # ---------------------------------------------------------------- machinery
+
+    def _sparse_query(
+        self, index: str, hash_key: str, range_key: str, value: str, project: ProjectRef | None
+    ) -> QueryInputTypeDef:
+        condition = f"{hash_key} = :all"
+        values: dict[str, AttributeValueTypeDef] = {":all": {"S": value}}
+        if project is not None:
+            condition += f" AND begins_with({range_key}, :project)"
+            values[":project"] = {"S": project.key + "|"}
+        return {
+            "TableName": self.table_name,
+            "IndexName": index,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+        }
+
+    def _query(self, query: QueryInputTypeDef, doing: str) -> Iterator[Item]:
+        """Every item the query matches, page after page."""
+        while True:
+            with self._aws(doing):
+                answer = self._client.query(**query)
+            yield from answer.get("Items", [])
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                return
+            query["ExclusiveStartKey"] = start
+
+    @contextmanager
+    def _aws(self, doing: str) -> Iterator[None]:
+        """Let only domain errors out."""
+        try:
+            yield
+        except DomainError:
+            raise
+        except ClientError as exc:
+            raise _unavailable(exc, self.table_name, doing) from None
+        except BotoCoreError as exc:
+            raise _unreachable(exc, doing) from None
+
+
+# ==================================================================== items
+
+
+def _item(run: SimulationRun) -> Item:
+    """The run's item: its record and every key and attribute the indexes need."""
+    project = run.project.key
+    item: dict[str, AttributeValueTypeDef] = {
+        "pk": {"S": project},
+        "sk": {"S": RUN_PREFIX + run.run_id},
+        "record": {"S": dumps(run)},
+        "state": {"S": run.state.value},
+        "version": {"N": str(run.version)},
+        "created_at": {"S": run.header.created_at.isoformat()},
+        "schema": {"N": str(SCHEMA_VERSION)},
+        "gsi1pk": {"S": project},
+        "gsi1sk": {"S": _position(run)},
+    }
+    if run.header.idempotency_key is not None:
+        item["idem"] = {"S": run.header.idempotency_key}
+    if not run.terminal:
+        item["active_pk"] = {"S": _ACTIVE}
+        item["active_sk"] = {"S": f"{project}|{run.run_id}"}
+    watch = run.watch()
+    if watch is not None:
+        item["watch_pk"] = {"S": _WATCHED}
+        item["watch_sk"] = {"S": f"{project}|{run.run_id}"}
+        item["watch_job"] = {"S": watch.job_id}
+        item["watch_stale"] = {"BOOL": watch.stale}
+        if watch.last_raw is not None:
+            item["watch_raw"] = {"S": watch.last_raw}
+    return item
+
+
+def _text(item: Item, name: str) -> str | None:
+    value = item.get(name)
+    text = value.get("S") if isinstance(value, dict) else None
+    return text if isinstance(text, str) else None
+
+
+def _number(item: Item, name: str) -> int | None:
+    value = item.get(name)
+    number = value.get("N") if isinstance(value, dict) else None
+    try:
+        return int(number) if isinstance(number, str) else None
+    except ValueError:
+        return None
+
+
+def _run_id(item: Item) -> str:
+    sk = _text(item, "sk") or ""
+    if not sk.startswith(RUN_PREFIX) or len(sk) == len(RUN_PREFIX):
+        raise CorruptRecord(f"an item listed as a run has the sort key {sk!r:.100}")
+    return sk[len(RUN_PREFIX) :]
+
+
+def _project(item: Item) -> ProjectRef:
+    key = _text(item, "pk") or ""
+    try:
+        virtual_lab_id, project_id = key.split("/")
+        return ProjectRef.parse(virtual_lab_id, project_id)
+    except (ValueError, InvalidRequest):
+        raise CorruptRecord(f"a stored run has an unreadable project key {key!r:.100}") from None
+
+
+def _run(item: Item, project: ProjectRef, run_id: str) -> SimulationRun:
+    """The run an item holds, which must be the run its keys say."""
+    record = _text(item, "record")
+    if record is None:
+        raise CorruptRecord(f"run {run_id}: the stored record is missing or not a string")
+    run = loads(record)
+    if run.project != project or run.run_id != run_id:
+        raise CorruptRecord(
+            f"the record stored as run {run_id} of project {project} is run {run.run_id} "
+            f"of project {run.project}"
+        )
+    return run
+
+
+def _watch(item: Item) -> JobWatch:
+    run_id = _run_id(item)
+    job = _text(item, "watch_job")
+    flag = item.get("watch_stale")
+    stale = flag.get("BOOL") if isinstance(flag, dict) else None
+    raw = item.get("watch_raw")
+    last_raw = _text(item, "watch_raw")
+    if not job or not isinstance(stale, bool) or (raw is not None and last_raw is None):
+        raise CorruptRecord(f"the job watch of run {run_id} is damaged")
+    return JobWatch(_project(item), run_id, job, last_raw, stale)
+
+
+def _same_record(exc: ClientError, item: Item) -> bool:
+    """Whether a condition failed only because botocore retried our own write whose reply was
+    lost: the call was retried and the item it failed on holds exactly our record. A call that
+    was not retried failed on someone else's write (or on the caller repeating itself)."""
+    retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+    old = exc.response.get("Item")
+    return (
+        isinstance(retried, int)
+        and retried > 0
+        and isinstance(old, dict)
+        and _text(old, "record") == _text(item, "record")
+    )
+
+
+def _fits(sort_key: str) -> bool:
+    return 0 < len(sort_key.encode("utf-8", "surrogatepass")) <= _MAX_SORT_KEY
+
+
+# ==================================================================== errors
+
+_THROTTLED = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "TransactionInProgressException",
+        "TransactionConflictException",
+    }
+)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _unavailable(exc: ClientError, table: str, doing: str) -> ServiceUnavailable:
+    code = _code(exc) or "error"
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code == "ResourceNotFoundException":
+        return ServiceUnavailable(
+            f"DynamoDB table {table} (or one of its indexes) does not exist in this account "
+            f"and region, while {doing}: create it with create_table"
+        )
+    if code in _THROTTLED:
+        return ServiceUnavailable(f"DynamoDB is throttling table {table} ({code}); try again")
+    if isinstance(status, int) and status >= 500:
+        return ServiceUnavailable(
+            f"DynamoDB failed on table {table} while {doing} ({code}, {status}); try again"
+        )
+    message = str(exc.response.get("Error", {}).get("Message", ""))[:200]
+    return ServiceUnavailable(
+        f"DynamoDB refused a request on table {table} while {doing}: {code}"
+        + (f": {message}" if message else "")
+    )
+
+
+def _unreachable(exc: BotoCoreError, doing: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"DynamoDB unreachable while {doing}: {type(exc).__name__}")
+
+
+# ==================================================================== positions and cursors
+# A private copy of the cursor format of the other run repositories: adapter families stay
+# independent (see the import contracts). The creation instant is written in UTC with a fixed
+# width, so positions compare as instants whatever the offset the clock used.
+
+_POSITION = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\|.{1,400}", re.DOTALL)
+#: Sorts after every position (a position starts with a digit): the first page's bound.
+_FIRST = "~"
+
+
+def _stamp(at: datetime) -> str:
+    """The instant in UTC, fixed width (a naive time is taken as UTC)."""
+    utc = at.astimezone(UTC) if at.tzinfo is not None else at
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _position(run: SimulationRun) -> str:
+    """Where a run sorts: newest first by creation, then by run id."""
+    return f"{_stamp(run.header.created_at)}|{run.run_id}"
+
+
+def _filter_key(states: Collection[RunState] | None) -> list[str]:
+    return sorted({s.value for s in states or ()})
+
+
+def _encode_cursor(project: ProjectRef, states: Collection[RunState] | None, after: str) -> str:
+    payload = {"p": project.key, "s": _filter_key(states), "a": after}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, project: ProjectRef, states: Collection[RunState] | None) -> str:
+    """The position a cursor points at; InvalidRequest when it was not made for this query."""
+    bad = InvalidRequest([FieldError("cursor", "is not a cursor of this listing")])
+    if len(cursor) > 2048:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
+        raise bad from None
+    if (
+        not isinstance(payload, dict)
+        or payload.get("p") != project.key
+        or payload.get("s") != _filter_key(states)
+        or not isinstance(payload.get("a"), str)
+        or not _POSITION.fullmatch(payload["a"])
+        or not _fits(payload["a"])
+    ):
+        raise bad
+    return str(payload["a"])

@@ -1,0 +1,410 @@
+"""A RunRepository in one SQLite file: durable runs for one machine, safe for many processes.
+
+One table. Each row holds the run's record (``core.records.dumps``) and, beside it, the columns
+the queries need so that no query parses JSON: the project, the run id, the sort position
+(creation instant, then run id), the state and an ``active`` flag, the version (the optimistic
+concurrency token), the idempotency key (UNIQUE per project) and the run's ``JobWatch``.
+
+Concurrency: WAL mode (readers never block the writer), a busy timeout, and every write in a
+``BEGIN IMMEDIATE`` transaction (the write lock is taken before anything is read, so a
+check-then-write can never be overtaken). ``save`` writes ``WHERE version = ?``: a stale write
+is a Conflict and never overwrites. Connections come from a small pool, one per concurrent
+caller, never shared by two threads at once, and never carried across a fork.
+
+Every sqlite error leaves as a domain error: a locked database or an I/O problem is
+ServiceUnavailable; a row or a database file that cannot be decoded is CorruptRecord.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+
+from obp_workflow.core.errors import (
+    Conflict,
+    CorruptRecord,
+    DomainError,
+    FieldError,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+)
+from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.records import dumps, loads
+from obp_workflow.core.run import JobWatch, RunState, SimulationRun
+from obp_workflow.ports.runs import Page, RunRepository
+
+#: The layout of the file; a file written by a newer layout is refused, never misread.
+LAYOUT_VERSION = 1
+
+_LAYOUT = """
+CREATE TABLE IF NOT EXISTS runs (
+    project         TEXT    NOT NULL,
+    run_id          TEXT    NOT NULL,
+    created_at      TEXT    NOT NULL,
+    position        TEXT    NOT NULL,
+    state           TEXT    NOT NULL,
+    active          INTEGER NOT NULL,
+    version         INTEGER NOT NULL,
+    idempotency_key TEXT,
+    watch_job       TEXT,
+    watch_raw       TEXT,
+    watch_stale     INTEGER,
+    record          TEXT    NOT NULL,
+    PRIMARY KEY (project, run_id),
+    UNIQUE (project, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS runs_by_position ON runs (project, position);
+CREATE INDEX IF NOT EXISTS runs_active ON runs (project, position) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS runs_watched ON runs (project, run_id) WHERE watch_job IS NOT NULL;
+"""
+
+
+#: The columns a write sets, in the order of ``_row``.
+_INSERT = (
+    "INSERT INTO runs (project, run_id, created_at, position, state, active, version, "
+    "idempotency_key, watch_job, watch_raw, watch_stale, record) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = (
+    "UPDATE runs SET project = ?, run_id = ?, created_at = ?, position = ?, state = ?, "
+    "active = ?, version = ?, idempotency_key = ?, watch_job = ?, watch_raw = ?, "
+    "watch_stale = ?, record = ? "
+    "WHERE project = ? AND run_id = ? AND version = ?"
+)
+_GET = "SELECT CAST(record AS BLOB) FROM runs WHERE project = ? AND run_id = ?"
+_EXISTS = "SELECT 1 FROM runs WHERE project = ? AND run_id = ?"
+_KEY_TAKEN = "SELECT 1 FROM runs WHERE project = ? AND idempotency_key = ?"
+_BY_KEY = "SELECT run_id, CAST(record AS BLOB) FROM runs WHERE project = ? AND idempotency_key = ?"
+#: One page of a project's runs, newest first. ``:states`` is a JSON array, or NULL for all.
+_LIST = """
+SELECT run_id, position, CAST(record AS BLOB) FROM runs
+WHERE project = :project AND position < :after
+  AND (:states IS NULL OR state IN (SELECT value FROM json_each(:states)))
+ORDER BY position DESC LIMIT :limit
+"""
+#: Sorts after every position (a position starts with a digit): the first page's bound.
+_FIRST = "~"
+_ACTIVE = """
+SELECT project, run_id, CAST(record AS BLOB) FROM runs
+WHERE active = 1 AND (:project IS NULL OR project = :project)
+ORDER BY project, position DESC
+"""
+_WATCHED = """
+SELECT project, run_id, watch_job, watch_raw, watch_stale FROM runs
+WHERE watch_job IS NOT NULL AND (:project IS NULL OR project = :project)
+ORDER BY project, run_id
+"""
+
+
+class SqliteRunRepository(RunRepository):
+    """Runs in the SQLite file at ``path`` (created with its table when missing)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_seconds: float = 5.0) -> None:
+        self.path = os.fspath(path)
+        self._busy_timeout = busy_timeout_seconds
+        self._pool: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        with self._write() as conn:
+            self._prepare(conn)
+
+    # ---------------------------------------------------------------- the port
+
+    def add(self, run: SimulationRun) -> None:
+        row = _row(run)
+        with self._write() as conn:
+            ident = (run.project.key, run.run_id)
+            if conn.execute(_EXISTS, ident).fetchone():
+                raise Conflict(f"run {run.run_id} exists already")
+            key = run.header.idempotency_key
+            if key is not None and conn.execute(_KEY_TAKEN, (run.project.key, key)).fetchone():
+                raise IdempotencyConflict(f"idempotency key already used in project {run.project}")
+            conn.execute(_INSERT, row)
+
+    def get(self, project: ProjectRef, run_id: str) -> SimulationRun:
+        with self._read() as conn:
+            found = conn.execute(_GET, (project.key, run_id)).fetchone()
+        if found is None:
+            raise NotFound(f"run {run_id} not found in project {project}")
+        return _run(found[0], project, run_id)
+
+    def save(self, run: SimulationRun, expected_version: int) -> None:
+        row = _row(run)
+        ident = (run.project.key, run.run_id)
+        with self._write() as conn:
+            if conn.execute(_UPDATE, (*row, *ident, expected_version)).rowcount == 1:
+                return
+            current = conn.execute(
+                "SELECT version FROM runs WHERE project = ? AND run_id = ?", ident
+            ).fetchone()
+        if current is None:
+            raise NotFound(f"run {run.run_id} not found in project {run.project}")
+        raise Conflict(
+            f"run {run.run_id} changed meanwhile (version {current[0]}, "
+            f"expected {expected_version})"
+        )
+
+    def find_by_idempotency_key(self, project: ProjectRef, key: str) -> SimulationRun | None:
+        with self._read() as conn:
+            found = conn.execute(_BY_KEY, (project.key, key)).fetchone()
+        return None if found is None else _run(found[1], project, found[0])
+
+    def list(
+        self,
+        project: ProjectRef,
+        states: Collection[RunState] | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        if limit < 1:
+            raise InvalidRequest([FieldError("limit", "must be at least 1")])
+        after = _decode_cursor(cursor, project, states) if cursor else _FIRST
+        query = {
+            "project": project.key,
+            "after": after,
+            "states": json.dumps(_filter_key(states)) if states else None,
+            "limit": limit + 1,
+        }
+        with self._read() as conn:
+            rows = conn.execute(_LIST, query).fetchall()
+        page = rows[:limit]
+        runs = [_run(record, project, run_id) for run_id, _, record in page]
+        more = len(rows) > limit
+        return Page(runs, _encode_cursor(project, states, page[-1][1]) if more else None)
+
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
+        with self._read() as conn:
+            rows = conn.execute(_ACTIVE, {"project": project and project.key}).fetchall()
+        return [_run(record, _project(key), run_id) for key, run_id, record in rows]
+
+    def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
+        with self._read() as conn:
+            rows = conn.execute(_WATCHED, {"project": project and project.key}).fetchall()
+        return [_watch(*row) for row in rows]
+
+    # ---------------------------------------------------------------- housekeeping
+
+    def close(self) -> None:
+        """Close the idle connections (one in use is closed when it comes back)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, []
+            self._closed = True
+        for conn in pool:
+            conn.close()
+
+    # ---------------------------------------------------------------- connections
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # autocommit: transactions are opened explicitly
+            check_same_thread=False,  # the pool lends a connection to one thread at a time
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection of the pool, lent to this caller alone."""
+        with _translated(self.path):
+            with self._pool_lock:
+                if self._pid != os.getpid():
+                    # A forked child must not use its parent's connections: forget them.
+                    self._pool, self._pid = [], os.getpid()
+                conn = self._pool.pop() if self._pool else None
+            if conn is None:
+                conn = self._open()
+            reusable = False
+            try:
+                yield conn
+                reusable = True
+            except DomainError:
+                reusable = not conn.in_transaction
+                raise
+            finally:
+                with self._pool_lock:
+                    if reusable and not self._closed and self._pid == os.getpid():
+                        self._pool.append(conn)
+                    else:
+                        conn.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A connection in autocommit: each statement reads one consistent snapshot."""
+        with self._connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A transaction that holds the write lock from its first statement."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        (layout,) = conn.execute("PRAGMA user_version").fetchone()
+        if layout > LAYOUT_VERSION:
+            raise ServiceUnavailable(
+                f"the run database {self.path} has layout {layout}; this service reads "
+                f"layout {LAYOUT_VERSION}: upgrade the service"
+            )
+        for statement in _LAYOUT.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+
+
+# ==================================================================== rows
+
+
+def _row(run: SimulationRun) -> tuple[object, ...]:
+    """The values of a run's row, in the order of ``_INSERT`` and ``_UPDATE``."""
+    watch = run.watch()
+    return (
+        run.project.key,
+        run.run_id,
+        run.header.created_at.isoformat(),
+        _position(run),
+        run.state.value,
+        0 if run.terminal else 1,
+        run.version,
+        run.header.idempotency_key,
+        watch.job_id if watch else None,
+        watch.last_raw if watch else None,
+        int(watch.stale) if watch else None,
+        dumps(run),
+    )
+
+
+def _run(record: object, project: ProjectRef, run_id: str) -> SimulationRun:
+    """The run stored in a row, which must be the run the row's keys say."""
+    if not isinstance(record, bytes | str):
+        raise CorruptRecord(f"run {run_id}: the stored record is not text")
+    run = loads(record)
+    if run.project != project or run.run_id != run_id:
+        raise CorruptRecord(
+            f"the record stored as run {run_id} of project {project} is run {run.run_id} "
+            f"of project {run.project}"
+        )
+    return run
+
+
+def _project(key: object) -> ProjectRef:
+    try:
+        virtual_lab_id, project_id = str(key).split("/")
+        return ProjectRef.parse(virtual_lab_id, project_id)
+    except (ValueError, InvalidRequest):
+        raise CorruptRecord(f"a stored run has an unreadable project key {key!r:.80}") from None
+
+
+def _watch(key: object, run_id: object, job: object, raw: object, stale: object) -> JobWatch:
+    if (
+        not isinstance(run_id, str)
+        or not isinstance(job, str)
+        or not (raw is None or isinstance(raw, str))
+        or stale not in (0, 1)
+    ):
+        raise CorruptRecord(f"the job watch of run {run_id!r:.80} is damaged")
+    return JobWatch(_project(key), run_id, job, raw, bool(stale))
+
+
+# ==================================================================== errors
+
+
+@contextmanager
+def _translated(path: str) -> Iterator[None]:
+    """Let only domain errors out."""
+    try:
+        yield
+    except DomainError:
+        raise
+    except sqlite3.IntegrityError as exc:
+        # The checks inside the write transaction come first; this is the schema's backstop.
+        if "idempotency_key" in str(exc):
+            raise IdempotencyConflict("idempotency key already used in this project") from None
+        raise Conflict(f"the run database refused the write ({exc})") from None
+    except sqlite3.Error as exc:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        text = str(exc)
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "decode" in text:
+            raise CorruptRecord(f"the run database {path} is damaged: {text:.200}") from None
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+            raise ServiceUnavailable(
+                f"the run database {path} is busy (locked by another writer); try again"
+            ) from None
+        raise ServiceUnavailable(
+            f"the run database {path} is not usable: {name or type(exc).__name__}: {text:.200}"
+        ) from None
+
+
+# ==================================================================== positions and cursors
+# A private copy of the fake's cursor format: adapter families stay independent (see the
+# import contracts). The position differs in one point: the creation instant is written in UTC
+# with a fixed width, so positions compare as instants whatever the offset the clock used.
+
+_POSITION = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\|.{1,400}", re.DOTALL)
+
+
+def _stamp(at: datetime) -> str:
+    """The instant in UTC, fixed width (a naive time is taken as UTC)."""
+    utc = at.astimezone(UTC) if at.tzinfo is not None else at
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _position(run: SimulationRun) -> str:
+    """Where a run sorts: newest first by creation, then by run id."""
+    return f"{_stamp(run.header.created_at)}|{run.run_id}"
+
+
+def _filter_key(states: Collection[RunState] | None) -> list[str]:
+    return sorted({s.value for s in states or ()})
+
+
+def _encode_cursor(project: ProjectRef, states: Collection[RunState] | None, after: str) -> str:
+    payload = {"p": project.key, "s": _filter_key(states), "a": after}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, project: ProjectRef, states: Collection[RunState] | None) -> str:
+    """The position a cursor points at; InvalidRequest when it was not made for this query."""
+    bad = InvalidRequest([FieldError("cursor", "is not a cursor of this listing")])
+    if len(cursor) > 2048:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
+        raise bad from None
+    if (
+        not isinstance(payload, dict)
+        or payload.get("p") != project.key
+        or payload.get("s") != _filter_key(states)
+        or not isinstance(payload.get("a"), str)
+        or not _POSITION.fullmatch(payload["a"])
+    ):
+        raise bad
+    return str(payload["a"])

@@ -1,0 +1,959 @@
+"""The Keycloak token verifier against a real HTTP issuer with Keycloak's paths.
+
+A corpus of bad tokens (each refused with the same uninformative answer, none logged), the good
+cases (groups from the token or from /userinfo), key rotation, and the JWKS cache: at most one
+refetch per interval for unknown kids, and a failed fetch never loses the keys already known.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from obp_workflow.adapters.keycloak.verifier import KeycloakSettings, KeycloakTokenVerifier
+from obp_workflow.core.errors import Unauthenticated
+from obp_workflow.core.identity import Membership, Principal, Role, parse_groups
+from tests.keycloak_issuer import CLIENT_ID, KeycloakIssuer, new_key
+
+VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
+PROJECT = "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
+GROUPS = [f"/vlab/{VLAB}/member", f"/proj/{VLAB}/{PROJECT}/admin", "offline_access"]
+MEMBERSHIPS = frozenset(
+    {Membership(VLAB, None, Role.MEMBER), Membership(VLAB, PROJECT, Role.ADMIN)}
+)
+SUBJECT = "3f1c2a9e-0000-4000-8000-0000000000b0"
+USERNAME = "bob"
+ANSWER = str(Unauthenticated())
+
+
+class Clock:
+    """Seconds since the epoch, moved by hand; shared by the issuer and the verifier."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def issuer(clock: Clock) -> Iterator[KeycloakIssuer]:
+    with KeycloakIssuer(clock=clock) as realm:
+        yield realm
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """One client for the module: each new client loads the CA bundle (~0.1 s)."""
+    with httpx.Client() as client:
+        yield client
+
+
+@pytest.fixture
+def make_verifier(
+    issuer: KeycloakIssuer, clock: Clock, http: httpx.Client
+) -> Iterator[Callable[..., KeycloakTokenVerifier]]:
+    made: list[KeycloakTokenVerifier] = []
+
+    def make(**overrides: Any) -> KeycloakTokenVerifier:
+        settings = KeycloakSettings(issuer=issuer.issuer, authorized_parties=(CLIENT_ID,))
+        verifier = KeycloakTokenVerifier(replace(settings, **overrides), http=http, clock=clock)
+        made.append(verifier)
+        return verifier
+
+    yield make
+    for verifier in made:
+        verifier.close()
+
+
+@pytest.fixture
+def verifier(make_verifier: Callable[..., KeycloakTokenVerifier]) -> KeycloakTokenVerifier:
+    return make_verifier()
+
+
+# ==================================================================== helpers
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def compact(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
+    return ".".join(
+        [b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(signature)]
+    )
+
+
+def hmac_signed(header: dict[str, Any], claims: dict[str, Any], secret: bytes) -> str:
+    """The key confusion attack: an HMAC token whose secret is the issuer's public key."""
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+    signing_input = ".".join([b64(json.dumps(header).encode()), b64(json.dumps(claims).encode())])
+    mac = hmac.new(secret, signing_input.encode(), digest[header["alg"]]).digest()
+    return f"{signing_input}.{b64(mac)}"
+
+
+def with_payload(token: str, change: Callable[[dict[str, Any]], None]) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(unb64(payload))
+    change(claims)
+    return f"{header}.{b64(json.dumps(claims).encode())}.{signature}"
+
+
+def flip(segment: str, index: int) -> str:
+    c = segment[index]
+    return segment[:index] + ("B" if c != "B" else "C") + segment[index + 1 :]
+
+
+def refused(verifier: KeycloakTokenVerifier, token: str) -> str:
+    with pytest.raises(Unauthenticated) as caught:
+        verifier.verify(token)
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
+    return str(caught.value)
+
+
+# ==================================================================== the bad-token corpus
+
+BadToken = Callable[[KeycloakIssuer, float], str]
+
+
+def _alg_none(issuer: KeycloakIssuer, now: float) -> str:
+    return compact({"alg": "none", "typ": "JWT"}, issuer.claims(groups=GROUPS))
+
+
+def _alg_none_with_kid_and_signature(issuer: KeycloakIssuer, now: float) -> str:
+    header = {"alg": "none", "kid": issuer.active.kid, "typ": "JWT"}
+    return compact(header, issuer.claims(groups=GROUPS), b"not-a-signature")
+
+
+def _hs256_public_pem(issuer: KeycloakIssuer, now: float) -> str:
+    header = {"alg": "HS256", "kid": issuer.active.kid, "typ": "JWT"}
+    return hmac_signed(header, issuer.claims(groups=GROUPS), issuer.active.public_pem())
+
+
+def _hs512_public_jwk(issuer: KeycloakIssuer, now: float) -> str:
+    header = {"alg": "HS512", "kid": issuer.active.kid, "typ": "JWT"}
+    secret = json.dumps(issuer.active.public_jwk()).encode()
+    return hmac_signed(header, issuer.claims(groups=GROUPS), secret)
+
+
+def _tampered_payload(issuer: KeycloakIssuer, now: float) -> str:
+    def promote(claims: dict[str, Any]) -> None:
+        claims["groups"] = [f"/vlab/{VLAB}/admin"]
+
+    return with_payload(issuer.mint(groups=GROUPS), promote)
+
+
+def _tampered_subject(issuer: KeycloakIssuer, now: float) -> str:
+    def impersonate(claims: dict[str, Any]) -> None:
+        claims["sub"] = "someone-else"
+
+    return with_payload(issuer.mint(groups=GROUPS), impersonate)
+
+
+def _tampered_signature(issuer: KeycloakIssuer, now: float) -> str:
+    header, payload, signature = issuer.mint(groups=GROUPS).split(".")
+    return f"{header}.{payload}.{flip(signature, len(signature) // 2)}"
+
+
+def _non_canonical_signature(issuer: KeycloakIssuer, now: float) -> str:
+    """Same signature bytes, other spelling: the last character's unused bits are set."""
+    token = issuer.mint(groups=GROUPS)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    assert last & 0b1111 == 0  # 256 bytes: 342 characters, 4 unused bits in the last one
+    spelled = token[:-1] + alphabet[last | 0b0101]
+    assert unb64(spelled.rsplit(".", 1)[1]) == unb64(token.rsplit(".", 1)[1])
+    return spelled
+
+
+def _signature_of_another_token(issuer: KeycloakIssuer, now: float) -> str:
+    mine = issuer.mint(groups=[])
+    theirs = issuer.mint(groups=GROUPS)
+    return theirs.rsplit(".", 1)[0] + "." + mine.rsplit(".", 1)[1]
+
+
+def _unknown_kid(issuer: KeycloakIssuer, now: float) -> str:
+    return issuer.mint(groups=GROUPS, key=new_key("kid-nobody-knows"))
+
+
+def _same_kid_other_key(issuer: KeycloakIssuer, now: float) -> str:
+    return issuer.mint(groups=GROUPS, key=new_key(issuer.active.kid))
+
+
+def _encryption_key(issuer: KeycloakIssuer, now: float) -> str:
+    return issuer.mint(groups=GROUPS, key=issuer.encryption_key, algorithm="RS256")
+
+
+def _wrong_algorithm_for_key(issuer: KeycloakIssuer, now: float) -> str:
+    return issuer.mint(groups=GROUPS, algorithm="RS512")  # the JWK says RS256
+
+
+def _pss_with_rs256_key(issuer: KeycloakIssuer, now: float) -> str:
+    return issuer.mint(groups=GROUPS, algorithm="PS256")
+
+
+def _jku_to_attacker(issuer: KeycloakIssuer, now: float) -> str:
+    attacker = new_key("attacker")
+    headers = {"jku": "http://127.0.0.1:9/certs", "jwk": attacker.public_jwk()}
+    return issuer.mint(groups=GROUPS, key=attacker, headers=headers)
+
+
+def _kid_not_a_string(issuer: KeycloakIssuer, now: float) -> str:
+    token = issuer.mint(groups=GROUPS)
+    _, payload, signature = token.split(".")
+    header = b64(json.dumps({"alg": "RS256", "kid": 1, "typ": "JWT"}).encode())
+    return f"{header}.{payload}.{signature}"
+
+
+def _payload_not_an_object(issuer: KeycloakIssuer, now: float) -> str:
+    return issuer.sign(json.dumps([SUBJECT, "admin"]).encode())
+
+
+def _payload_not_json(issuer: KeycloakIssuer, now: float) -> str:
+    return issuer.sign(b"sub=" + SUBJECT.encode())
+
+
+def _no_kid(issuer: KeycloakIssuer, now: float) -> str:
+    claims = issuer.claims(groups=GROUPS)
+    return jwt.encode(claims, issuer.active.private, algorithm="RS256", headers={"typ": "JWT"})
+
+
+def _just_over(limit: int, issuer: KeycloakIssuer) -> str:
+    """A valid token a few bytes longer than ``limit``."""
+    base = len(issuer.mint(groups=GROUPS, extra={"pad": ""}))
+    return issuer.mint(groups=GROUPS, extra={"pad": "x" * ((limit - base) * 3 // 4 + 8)})
+
+
+def _header_not_json(issuer: KeycloakIssuer, now: float) -> str:
+    _, payload, signature = issuer.mint(groups=GROUPS).split(".")
+    return f"{b64(b'{alg: RS256')}.{payload}.{signature}"
+
+
+CORPUS: dict[str, BadToken] = {
+    "expired": lambda i, now: i.mint(groups=GROUPS, issued_at=now - 3600, lifetime=300),
+    "expired-beyond-the-leeway": lambda i, now: i.mint(
+        groups=GROUPS, issued_at=now - 331, lifetime=300
+    ),
+    "not-yet-valid": lambda i, now: i.mint(groups=GROUPS, not_before=now + 120),
+    "issued-in-the-future": lambda i, now: i.mint(groups=GROUPS, issued_at=now + 120),
+    "wrong-issuer": lambda i, now: i.mint(
+        groups=GROUPS, extra={"iss": i.issuer.replace("/realms/obp", "/realms/other")}
+    ),
+    "legacy-issuer-path": lambda i, now: i.mint(
+        groups=GROUPS, extra={"iss": i.issuer.replace("/realms/", "/auth/realms/")}
+    ),
+    "issuer-with-trailing-slash": lambda i, now: i.mint(
+        groups=GROUPS, extra={"iss": i.issuer + "/"}
+    ),
+    "wrong-audience-and-azp": lambda i, now: i.mint(
+        groups=GROUPS, audience="other-service", azp="other-client"
+    ),
+    "no-audience-wrong-azp": lambda i, now: i.mint(
+        groups=GROUPS, audience=None, azp="other-client"
+    ),
+    "id-token": lambda i, now: i.mint(groups=GROUPS, extra={"typ": "ID"}),
+    "refresh-token-typ": lambda i, now: i.mint(groups=GROUPS, extra={"typ": "Refresh"}),
+    "alg-none": _alg_none,
+    "alg-none-with-kid-and-signature": _alg_none_with_kid_and_signature,
+    "hs256-signed-with-the-public-pem": _hs256_public_pem,
+    "hs512-signed-with-the-public-jwk": _hs512_public_jwk,
+    "tampered-payload-groups": _tampered_payload,
+    "tampered-payload-subject": _tampered_subject,
+    "tampered-signature": _tampered_signature,
+    "non-canonical-signature-encoding": _non_canonical_signature,
+    "signature-of-another-token": _signature_of_another_token,
+    "unknown-kid": _unknown_kid,
+    "same-kid-key-of-another-issuer": _same_kid_other_key,
+    "signed-with-the-encryption-key": _encryption_key,
+    "alg-other-than-the-jwk-alg": _wrong_algorithm_for_key,
+    "ps256-with-an-rs256-key": _pss_with_rs256_key,
+    "jku-and-jwk-headers-to-an-attacker-key": _jku_to_attacker,
+    "kid-not-a-string": _kid_not_a_string,
+    "no-kid": _no_kid,
+    "malformed-base64": lambda i, now: "eyJ@bGciOi.eyJzdWIi$.c2ln!",
+    "segment-of-impossible-length": lambda i, now: i.mint(groups=GROUPS) + "AAA",
+    "header-not-json": _header_not_json,
+    "payload-not-an-object": _payload_not_an_object,
+    "payload-not-json": _payload_not_json,
+    "missing-sub": lambda i, now: i.mint(groups=GROUPS, drop=["sub"]),
+    "empty-sub": lambda i, now: i.mint(groups=GROUPS, extra={"sub": ""}),
+    "sub-not-a-string": lambda i, now: i.mint(groups=GROUPS, extra={"sub": 42}),
+    "missing-exp": lambda i, now: i.mint(groups=GROUPS, drop=["exp"]),
+    "exp-as-a-string": lambda i, now: i.mint(groups=GROUPS, extra={"exp": "9999999999"}),
+    "exp-as-a-boolean": lambda i, now: i.mint(groups=GROUPS, extra={"exp": True}),
+    "missing-iat": lambda i, now: i.mint(groups=GROUPS, drop=["iat"]),
+    "nbf-not-a-number": lambda i, now: i.mint(groups=GROUPS, extra={"nbf": "soon"}),
+    "100-kb-token": lambda i, now: i.mint(groups=GROUPS, extra={"pad": "x" * 100_000}),
+    "just-over-16-kb": lambda i, now: _just_over(16 * 1024, i),
+    "bearer-prefixed": lambda i, now: "Bearer " + i.mint(groups=GROUPS),
+    "lower-case-bearer-prefixed": lambda i, now: "bearer " + i.mint(groups=GROUPS),
+    "surrounded-by-spaces": lambda i, now: " " + i.mint(groups=GROUPS) + " ",
+    "two-tokens": lambda i, now: i.mint(groups=GROUPS) + "." + i.mint(groups=GROUPS),
+    "four-segments": lambda i, now: i.mint(groups=GROUPS) + ".e30",
+    "empty-signature": lambda i, now: i.mint(groups=GROUPS).rsplit(".", 1)[0] + ".",
+    "empty": lambda i, now: "",
+    "blank": lambda i, now: " \t\n",
+    "non-ascii": lambda i, now: "ey\u00e9J.eyJ.sig",
+    "nul-bytes": lambda i, now: "\x00" * 32,
+}
+
+#: Why each token is refused, as the debug log says: proves each check, not just "refused".
+REASONS = {
+    "expired": "expired",
+    "expired-beyond-the-leeway": "expired",
+    "not-yet-valid": "not yet valid",
+    "issued-in-the-future": "issued in the future",
+    "wrong-issuer": "wrong issuer",
+    "legacy-issuer-path": "wrong issuer",
+    "issuer-with-trailing-slash": "wrong issuer",
+    "wrong-audience-and-azp": "not for this audience",
+    "no-audience-wrong-azp": "not for this audience",
+    "id-token": "not an access token",
+    "refresh-token-typ": "not an access token",
+    "alg-none": "not a compact JWS",
+    "alg-none-with-kid-and-signature": "algorithm not accepted",
+    "hs256-signed-with-the-public-pem": "algorithm not accepted",
+    "hs512-signed-with-the-public-jwk": "algorithm not accepted",
+    "tampered-payload-groups": "signature or payload rejected (InvalidSignatureError)",
+    "tampered-payload-subject": "signature or payload rejected (InvalidSignatureError)",
+    "tampered-signature": "signature or payload rejected (InvalidSignatureError)",
+    "non-canonical-signature-encoding": "non-canonical signature encoding",
+    "signature-of-another-token": "signature or payload rejected (InvalidSignatureError)",
+    "unknown-kid": "unknown kid",
+    "same-kid-key-of-another-issuer": "signature or payload rejected (InvalidSignatureError)",
+    "signed-with-the-encryption-key": "unknown kid",
+    "alg-other-than-the-jwk-alg": "key does not match the algorithm",
+    "ps256-with-an-rs256-key": "key does not match the algorithm",
+    "jku-and-jwk-headers-to-an-attacker-key": "unknown kid",
+    "kid-not-a-string": "no usable kid",
+    "no-kid": "no usable kid",
+    "malformed-base64": "not a compact JWS",
+    "segment-of-impossible-length": "non-canonical signature encoding",
+    "header-not-json": "unreadable header",
+    "payload-not-an-object": "signature or payload rejected (DecodeError)",
+    "payload-not-json": "signature or payload rejected (DecodeError)",
+    "missing-sub": "no subject",
+    "empty-sub": "no subject",
+    "sub-not-a-string": "no subject",
+    "missing-exp": "no usable exp",
+    "exp-as-a-string": "no usable exp",
+    "exp-as-a-boolean": "no usable exp",
+    "missing-iat": "no usable iat",
+    "nbf-not-a-number": "not yet valid",
+    "100-kb-token": "token too large",
+    "just-over-16-kb": "token too large",
+    "bearer-prefixed": "not a compact JWS",
+    "lower-case-bearer-prefixed": "not a compact JWS",
+    "surrounded-by-spaces": "not a compact JWS",
+    "two-tokens": "not a compact JWS",
+    "four-segments": "not a compact JWS",
+    "empty-signature": "not a compact JWS",
+    "empty": "no token",
+    "blank": "not a compact JWS",
+    "non-ascii": "not a compact JWS",
+    "nul-bytes": "not a compact JWS",
+}
+
+
+def test_the_corpus_tokens_are_what_they_claim(issuer: KeycloakIssuer, clock: Clock) -> None:
+    assert len(CORPUS["100-kb-token"](issuer, clock.now)) > 100_000
+    assert 16 * 1024 < len(CORPUS["just-over-16-kb"](issuer, clock.now)) < 16 * 1024 + 32
+    assert len(CORPUS["segment-of-impossible-length"](issuer, clock.now).split(".")[2]) % 4 == 1
+    assert "kid" not in jwt.get_unverified_header(CORPUS["no-kid"](issuer, clock.now))
+    assert REASONS.keys() == CORPUS.keys()
+
+
+@pytest.mark.parametrize("kind", sorted(CORPUS))
+def test_a_bad_token_is_refused_with_the_same_answer(
+    issuer: KeycloakIssuer,
+    verifier: KeycloakTokenVerifier,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    good = issuer.mint(groups=GROUPS)
+    assert verifier.verify(good).memberships == MEMBERSHIPS  # the realm and keys work
+    token = CORPUS[kind](issuer, clock.now)
+    caplog.set_level(logging.DEBUG)
+
+    assert refused(verifier, token) == ANSWER
+
+    # The reason is logged, at debug level...
+    assert f"bearer token refused: {REASONS[kind]}" in caplog.text
+    logged = caplog.text
+    for secret in (token.strip(), good):  # ...but never the token, nor any claim
+        for i in range(0, len(secret) - 15, 7):
+            assert secret[i : i + 16] not in logged
+    assert SUBJECT not in logged
+    assert USERNAME not in logged
+    assert "example.org" not in logged
+
+
+def test_every_corpus_token_gets_exactly_the_same_message(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier, clock: Clock
+) -> None:
+    messages = {refused(verifier, make(issuer, clock.now)) for make in CORPUS.values()}
+    assert messages == {ANSWER}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "100-kb-token",
+        "just-over-16-kb",
+        "bearer-prefixed",
+        "empty",
+        "blank",
+        "malformed-base64",
+        "alg-none",
+        "hs256-signed-with-the-public-pem",
+        "non-canonical-signature-encoding",
+    ],
+)
+def test_tokens_refused_on_their_form_cost_no_request(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier, clock: Clock, kind: str
+) -> None:
+    token = CORPUS[kind](issuer, clock.now)
+    refused(verifier, token)
+    assert sum(issuer.requests.values()) == 0
+
+
+@pytest.mark.parametrize("kind", ["not-a-string-none", "not-a-string-bytes"])
+def test_a_token_that_is_not_a_string_is_refused(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier, kind: str
+) -> None:
+    value: Any = None if kind.endswith("none") else issuer.mint(groups=GROUPS).encode()
+    assert refused(verifier, value) == ANSWER
+
+
+def test_the_attacker_key_named_in_the_header_is_never_fetched(
+    clock: Clock, make_verifier: Callable[..., KeycloakTokenVerifier], issuer: KeycloakIssuer
+) -> None:
+    with KeycloakIssuer("attacker", clock=clock) as attacker:
+        token = issuer.mint(
+            groups=GROUPS,
+            key=attacker.active,
+            headers={"jku": attacker.jwks_url, "x5u": attacker.jwks_url},
+        )
+        refused(make_verifier(), token)
+        assert sum(attacker.requests.values()) == 0
+
+
+# ==================================================================== good tokens
+
+
+def test_a_valid_token_is_its_principal(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
+) -> None:
+    got = verifier.verify(issuer.mint(SUBJECT, username=USERNAME, groups=GROUPS))
+    assert got == Principal(SUBJECT, USERNAME, MEMBERSHIPS)
+    assert issuer.requests == {"discovery": 1, "certs": 1}
+
+
+def test_the_keys_are_cached(issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier) -> None:
+    for n in range(20):
+        verifier.verify(issuer.mint(f"user-{n}", groups=GROUPS))
+    assert issuer.requests == {"discovery": 1, "certs": 1}
+
+
+def test_without_preferred_username_the_username_is_the_subject(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
+) -> None:
+    assert verifier.verify(issuer.mint(SUBJECT, username=None)).username == SUBJECT
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        (None, frozenset()),
+        ([], frozenset()),
+        (["offline_access", "uma_authorization", "/service/nexus/admin"], frozenset()),
+        ([f"/vlab/{VLAB}/owner", f"/proj/{VLAB}/not-a-uuid/admin"], frozenset()),
+    ],
+)
+def test_groups_that_are_not_memberships_give_none(
+    issuer: KeycloakIssuer,
+    verifier: KeycloakTokenVerifier,
+    groups: list[str] | None,
+    expected: frozenset[Membership],
+) -> None:
+    assert verifier.verify(issuer.mint(groups=groups)).memberships == expected
+
+
+def test_a_groups_claim_that_is_not_a_list_gives_no_membership(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
+) -> None:
+    token = issuer.mint(extra={"groups": f"/vlab/{VLAB}/admin"})
+    assert verifier.verify(token).memberships == frozenset()
+
+
+def test_the_audience_may_be_a_list(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier]
+) -> None:
+    verifier = make_verifier(audiences=("obp-workflow",), authorized_parties=())
+    token = issuer.mint(groups=GROUPS, audience=["account", "obp-workflow"], azp="other")
+    assert verifier.verify(token).memberships == MEMBERSHIPS
+    refused(verifier, issuer.mint(groups=GROUPS, audience="account"))
+
+
+def test_the_authorized_party_alone_is_enough(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
+) -> None:
+    assert verifier.verify(issuer.mint(groups=GROUPS, audience=None)).subject == SUBJECT
+
+
+@pytest.mark.parametrize("offset", [-29, 0, 29])
+def test_times_are_checked_with_the_leeway(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier, clock: Clock, offset: int
+) -> None:
+    now = clock.now
+    expiring = issuer.mint(groups=GROUPS, issued_at=now - 300 + offset, lifetime=300)
+    starting = issuer.mint(groups=GROUPS, not_before=now - offset)
+    fresh = issuer.mint(groups=GROUPS, issued_at=now - offset)
+    for token in (expiring, starting, fresh):
+        verifier.verify(token)
+
+
+def test_an_expired_token_is_refused_once_the_clock_passes_exp_and_leeway(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier, clock: Clock
+) -> None:
+    token = issuer.mint(groups=GROUPS, lifetime=60)
+    verifier.verify(token)
+    clock.advance(60 + 29)
+    verifier.verify(token)
+    clock.advance(1)
+    refused(verifier, token)
+
+
+# ==================================================================== groups from /userinfo
+
+
+def test_with_userinfo_the_memberships_come_from_userinfo(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier]
+) -> None:
+    verifier = make_verifier(groups_source="userinfo")
+    issuer.set_groups(SUBJECT, GROUPS)
+    # The token's own claim says otherwise: it is not what counts.
+    token = issuer.mint(SUBJECT, groups=[f"/vlab/{VLAB}/admin"])
+    assert verifier.verify(token) == Principal(SUBJECT, USERNAME, MEMBERSHIPS)
+    assert issuer.requests["userinfo"] == 1
+
+
+def test_userinfo_is_cached_per_token_until_the_token_expires(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier], clock: Clock
+) -> None:
+    verifier = make_verifier(groups_source="userinfo", userinfo_cache_max_seconds=3600)
+    issuer.set_groups(SUBJECT, GROUPS)
+    token = issuer.mint(SUBJECT, lifetime=120)
+    for _ in range(5):
+        assert verifier.verify(token).memberships == MEMBERSHIPS
+    assert issuer.requests["userinfo"] == 1
+    other = issuer.mint(SUBJECT, lifetime=600)
+    verifier.verify(other)
+    assert issuer.requests["userinfo"] == 2  # one entry per token
+    issuer.set_groups(SUBJECT, [f"/vlab/{VLAB}/admin"])
+    clock.advance(119)
+    assert verifier.verify(token).memberships == MEMBERSHIPS  # cached: Keycloak not asked
+    assert issuer.requests["userinfo"] == 2
+    # Past exp, inside the leeway: the entry is gone, and Keycloak says the token is over.
+    clock.advance(2)
+    refused(verifier, token)
+    assert issuer.requests["userinfo"] == 3
+    assert verifier.verify(other).memberships == MEMBERSHIPS  # still cached
+    assert issuer.requests["userinfo"] == 3
+
+
+def test_the_userinfo_cache_is_bounded(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier]
+) -> None:
+    verifier = make_verifier(groups_source="userinfo", userinfo_cache_entries=2)
+    tokens = [issuer.mint(f"user-{n}") for n in range(3)]
+    for token in tokens:
+        verifier.verify(token)
+    verifier.verify(tokens[2])
+    verifier.verify(tokens[1])
+    assert issuer.requests["userinfo"] == 3
+    verifier.verify(tokens[0])  # evicted: the least recently used
+    assert issuer.requests["userinfo"] == 4
+
+
+def test_the_userinfo_cache_ttl_is_capped(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier], clock: Clock
+) -> None:
+    verifier = make_verifier(groups_source="userinfo", userinfo_cache_max_seconds=60)
+    token = issuer.mint(SUBJECT, lifetime=3000)
+    verifier.verify(token)
+    clock.advance(61)
+    verifier.verify(token)
+    assert issuer.requests["userinfo"] == 2
+
+
+@pytest.mark.parametrize("fault", ["down", "401", "other-subject", "not-userinfo"])
+def test_a_userinfo_failure_refuses_the_token(
+    issuer: KeycloakIssuer,
+    make_verifier: Callable[..., KeycloakTokenVerifier],
+    caplog: pytest.LogCaptureFixture,
+    fault: str,
+) -> None:
+    verifier = make_verifier(groups_source="userinfo")
+    token = issuer.mint(SUBJECT)
+    if fault == "down":
+        issuer.status["userinfo"] = 503
+    elif fault == "401":
+        issuer.status["userinfo"] = 401
+    elif fault == "other-subject":
+        issuer.userinfo_overrides["sub"] = "someone-else"
+    else:
+        issuer.status["userinfo"] = 200
+        issuer.userinfo_overrides.clear()
+        verifier = make_verifier(groups_source="userinfo", userinfo_url=issuer.jwks_url)
+    caplog.set_level(logging.DEBUG)
+    assert refused(verifier, token) == ANSWER
+    assert token[:40] not in caplog.text
+    assert token.rsplit(".", 1)[1][:40] not in caplog.text
+
+
+def test_userinfo_found_through_discovery_with_an_explicit_jwks_url(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier]
+) -> None:
+    verifier = make_verifier(groups_source="userinfo", jwks_url=issuer.jwks_url)
+    issuer.set_groups(SUBJECT, GROUPS)
+    assert verifier.verify(issuer.mint(SUBJECT)).memberships == MEMBERSHIPS
+    assert issuer.requests == {"discovery": 1, "certs": 1, "userinfo": 1}
+
+
+# ==================================================================== keys, rotation, refetches
+
+
+def test_a_rotated_key_is_accepted_after_one_refetch(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
+) -> None:
+    old = issuer.mint(groups=GROUPS)
+    verifier.verify(old)
+    assert issuer.jwks_fetches == 1
+    issuer.rotate(keep_old=True)
+    new = issuer.mint(groups=GROUPS)
+    assert verifier.verify(new).memberships == MEMBERSHIPS
+    assert issuer.jwks_fetches == 2
+    for _ in range(5):
+        verifier.verify(old)
+        verifier.verify(new)
+    assert issuer.jwks_fetches == 2
+    assert issuer.requests["discovery"] == 1
+
+
+def test_a_dropped_key_stops_working_when_the_keys_are_refreshed(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier], clock: Clock
+) -> None:
+    verifier = make_verifier(jwks_max_age_seconds=600)
+    old = issuer.mint(groups=GROUPS, lifetime=3600)
+    verifier.verify(old)
+    issuer.rotate(keep_old=False)
+    new = issuer.mint(groups=GROUPS, lifetime=3600)
+    verifier.verify(new)  # the refetch for the new kid already drops the old one
+    assert issuer.jwks_fetches == 2
+    refused(verifier, old)  # now an unknown kid: one refetch, in case it came back
+    refused(verifier, old)
+    assert issuer.jwks_fetches == 3
+
+
+def test_stale_keys_are_refetched_after_their_maximum_age(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier], clock: Clock
+) -> None:
+    verifier = make_verifier(jwks_max_age_seconds=600)
+    old = issuer.mint(groups=GROUPS, lifetime=3600)
+    verifier.verify(old)
+    issuer.rotate(keep_old=False)  # the realm drops the key; this verifier has not seen it yet
+    verifier.verify(old)
+    clock.advance(601)
+    refused(verifier, old)
+    assert issuer.jwks_fetches == 2
+
+
+def test_fifty_unknown_kids_cost_at_most_one_refetch_per_interval(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier, clock: Clock
+) -> None:
+    verifier.verify(issuer.mint(groups=GROUPS))
+    assert issuer.jwks_fetches == 1
+    junk = [issuer.mint(groups=GROUPS, key=new_key(f"junk-{n}")) for n in range(3)]
+    for n in range(50):
+        refused(verifier, junk[n % 3])
+    assert issuer.jwks_fetches == 2  # one refetch for the first unknown kid, then none
+    clock.advance(59)
+    refused(verifier, junk[0])
+    assert issuer.jwks_fetches == 2
+    clock.advance(1)
+    for _ in range(50):
+        refused(verifier, junk[1])
+    assert issuer.jwks_fetches == 3  # one more per interval
+
+
+def test_a_fresh_verifier_fetches_once_for_fifty_junk_tokens(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
+) -> None:
+    junk = [new_key(f"junk-{n}") for n in range(2)]
+    for n in range(50):
+        refused(verifier, issuer.mint(groups=GROUPS, key=junk[n % 2]))
+    assert issuer.requests == {"discovery": 1, "certs": 1}
+
+
+def test_a_bad_signature_with_a_known_kid_causes_no_refetch(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier, clock: Clock
+) -> None:
+    verifier.verify(issuer.mint(groups=GROUPS))
+    impostor = new_key(issuer.active.kid)
+    for _ in range(20):
+        refused(verifier, issuer.mint(groups=GROUPS, key=impostor))
+    assert issuer.jwks_fetches == 1
+
+
+@pytest.mark.parametrize("kind", ["good", "junk"])
+def test_concurrent_first_tokens_fetch_once(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier, kind: str
+) -> None:
+    issuer.delay["certs"] = 0.2  # all 16 threads arrive while the first fetch is on its way
+    token = issuer.mint(groups=GROUPS, key=new_key("junk") if kind == "junk" else None)
+    start = threading.Barrier(16)
+    results: list[str] = []
+
+    def worker() -> None:
+        start.wait()
+        try:
+            verifier.verify(token)
+            results.append("good")
+        except Unauthenticated:
+            results.append("junk")
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [kind] * 16
+    assert issuer.requests == {"discovery": 1, "certs": 1}
+
+
+def test_a_failed_jwks_fetch_keeps_the_known_keys(
+    issuer: KeycloakIssuer,
+    verifier: KeycloakTokenVerifier,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old = issuer.mint(groups=GROUPS, lifetime=3600)
+    verifier.verify(old)
+    issuer.rotate(keep_old=True)
+    new = issuer.mint(groups=GROUPS, lifetime=3600)
+    issuer.status["certs"] = 503
+    with caplog.at_level(logging.WARNING):
+        refused(verifier, new)
+    assert "could not refresh the signing keys" in caplog.text
+    assert verifier.verify(old).memberships == MEMBERSHIPS  # not poisoned
+    # A failed fetch is retried after the (shorter) retry delay, not on every token.
+    for _ in range(20):
+        refused(verifier, new)
+    assert issuer.jwks_fetches == 2
+    del issuer.status["certs"]
+    clock.advance(5)
+    assert verifier.verify(new).memberships == MEMBERSHIPS
+    assert verifier.verify(old).memberships == MEMBERSHIPS
+    assert issuer.jwks_fetches == 3
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"keys": []},
+        {"keys": "nope"},
+        {"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]},
+        {"keys": [{"kty": "RSA", "kid": "k", "n": "!!", "e": "AQAB"}]},
+        ["not", "an", "object"],
+    ],
+    ids=["empty", "not-a-list", "symmetric-only", "unreadable-key", "not-an-object"],
+)
+def test_a_useless_jwks_keeps_the_known_keys(
+    issuer: KeycloakIssuer,
+    clock: Clock,
+    make_verifier: Callable[..., KeycloakTokenVerifier],
+    broken: Any,
+) -> None:
+    verifier = make_verifier(jwks_max_age_seconds=60)
+    token = issuer.mint(groups=GROUPS, lifetime=3600)
+    verifier.verify(token)
+    original = issuer._certs
+    issuer._certs = lambda: (200, broken)  # type: ignore[method-assign]
+    try:
+        clock.advance(61)  # the keys are stale: the next token refreshes them, and fails
+        assert verifier.verify(token).memberships == MEMBERSHIPS
+        assert issuer.jwks_fetches == 1  # the patched endpoint does not count
+    finally:
+        issuer._certs = original  # type: ignore[method-assign]
+
+
+def test_an_unreachable_realm_keeps_the_known_keys(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    realm = KeycloakIssuer(clock=clock)
+    settings = KeycloakSettings(issuer=realm.issuer, authorized_parties=(CLIENT_ID,))
+    verifier = KeycloakTokenVerifier(settings, clock=clock)
+    try:
+        token = realm.mint(groups=GROUPS)
+        verifier.verify(token)
+        realm.rotate()
+        rotated = realm.mint(groups=GROUPS)
+        realm.close()  # connection refused from now on
+        with caplog.at_level(logging.WARNING):
+            refused(verifier, rotated)
+        assert "could not refresh the signing keys" in caplog.text
+        assert verifier.verify(token).memberships == MEMBERSHIPS
+    finally:
+        verifier.close()
+        realm.close()
+
+
+def test_a_realm_unreachable_from_the_start_refuses_every_token(clock: Clock) -> None:
+    realm = KeycloakIssuer(clock=clock)
+    token = realm.mint(groups=GROUPS)
+    settings = KeycloakSettings(issuer=realm.issuer, authorized_parties=(CLIENT_ID,))
+    realm.close()
+    verifier = KeycloakTokenVerifier(settings, clock=clock)
+    try:
+        assert refused(verifier, token) == ANSWER
+        assert verifier.warm_up() is False
+    finally:
+        verifier.close()
+
+
+def test_a_slow_realm_times_out(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier]
+) -> None:
+    verifier = make_verifier(read_timeout_seconds=0.2)
+    issuer.delay["discovery"] = 1.0
+    started = time.monotonic()
+    refused(verifier, issuer.mint(groups=GROUPS))
+    assert time.monotonic() - started < 0.9
+
+
+def test_warm_up_fetches_the_keys_before_the_first_token(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
+) -> None:
+    assert verifier.warm_up() is True
+    assert issuer.requests == {"discovery": 1, "certs": 1}
+    verifier.verify(issuer.mint(groups=GROUPS))
+    assert issuer.requests == {"discovery": 1, "certs": 1}
+
+
+def test_an_explicit_jwks_url_needs_no_discovery(
+    issuer: KeycloakIssuer, make_verifier: Callable[..., KeycloakTokenVerifier]
+) -> None:
+    verifier = make_verifier(jwks_url=issuer.jwks_url)
+    assert verifier.verify(issuer.mint(groups=GROUPS)).memberships == MEMBERSHIPS
+    assert issuer.requests == {"certs": 1}
+
+
+def test_discovery_naming_another_issuer_is_not_trusted(
+    issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
+) -> None:
+    issuer.discovery_overrides["issuer"] = "https://evil.example.org/realms/obp"
+    refused(verifier, issuer.mint(groups=GROUPS))
+    assert issuer.jwks_fetches == 0
+
+
+def test_only_advertised_algorithms_are_accepted(clock: Clock) -> None:
+    with KeycloakIssuer(clock=clock, advertised_algorithms=["PS256", "HS256"]) as realm:
+        settings = KeycloakSettings(issuer=realm.issuer, authorized_parties=(CLIENT_ID,))
+        verifier = KeycloakTokenVerifier(settings, clock=clock)
+        try:
+            refused(verifier, realm.mint(groups=GROUPS))  # RS256: not advertised
+        finally:
+            verifier.close()
+
+
+def test_a_shared_http_client_is_used_and_left_open(issuer: KeycloakIssuer, clock: Clock) -> None:
+    with httpx.Client() as client:
+        settings = KeycloakSettings(issuer=issuer.issuer, authorized_parties=(CLIENT_ID,))
+        verifier = KeycloakTokenVerifier(settings, http=client, clock=clock)
+        verifier.verify(issuer.mint(groups=GROUPS))
+        verifier.close()
+        assert not client.is_closed
+
+
+# ==================================================================== settings
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"authorized_parties": ()}, "audiences or authorized_parties"),
+        ({"algorithms": ("RS256", "HS256")}, "HS256"),
+        ({"algorithms": ("none",)}, "none"),
+        ({"algorithms": ()}, "non-empty"),
+        ({"groups_source": "ldap"}, "groups_source"),
+        ({"leeway_seconds": 3600}, "leeway"),
+        ({"issuer": "ftp://example.org/realms/x"}, "http"),
+        ({"max_token_bytes": 10}, "size"),
+        ({"jwks_max_age_seconds": 10}, "max_age"),
+    ],
+)
+def test_settings_refuse_unsafe_values(overrides: dict[str, Any], problem: str) -> None:
+    base: dict[str, Any] = {
+        "issuer": "https://auth.example.org/realms/obp",
+        "authorized_parties": ("obp-web",),
+    }
+    with pytest.raises(ValueError, match=problem):
+        KeycloakSettings(**{**base, **overrides})
+
+
+def test_settings_normalise_the_issuer_and_single_strings() -> None:
+    settings = KeycloakSettings(
+        issuer="https://auth.example.org/realms/obp/",
+        audiences="obp-workflow",  # type: ignore[arg-type]
+    )
+    assert settings.issuer == "https://auth.example.org/realms/obp"
+    assert settings.audiences == ("obp-workflow",)
+
+
+# ==================================================================== the module
+
+
+def test_the_module_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, obp_workflow.adapters.keycloak.verifier as v; "
+        "heavy = {'boto3', 'botocore', 'paramiko', 'pydantic', 'luigi', "
+        "'aws_lambda_powertools', 'dependency_injector'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_parse_groups_reads_what_the_issuer_writes() -> None:
+    assert parse_groups(GROUPS) == MEMBERSHIPS
