@@ -32,19 +32,15 @@ Every ClientError and BotoCoreError leaves as a domain error.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import random
-import re
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from obp_workflow.core.cursors import decode_cursor, encode_cursor, filter_key, position
 from obp_workflow.core.errors import (
     Conflict,
     CorruptRecord,
@@ -300,7 +296,7 @@ class DynamoRunRepository(RunRepository):
         }
         if states:
             names = []
-            for n, state in enumerate(_filter_key(states)):
+            for n, state in enumerate(filter_key(states)):
                 names.append(f":s{n}")
                 values[f":s{n}"] = {"S": state}
             query["FilterExpression"] = f"#state IN ({', '.join(names)})"
@@ -319,7 +315,7 @@ class DynamoRunRepository(RunRepository):
         position = _text(page[-1], "gsi1sk")
         if position is None:
             raise CorruptRecord(f"run {runs[-1].run_id} has no list position")
-        return Page(runs, _encode_cursor(project, states, position))
+        return Page(runs, encode_cursor(project, states, position))
 
     def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
         query = self._sparse_query(ACTIVE_INDEX, "active_pk", "active_sk", _ACTIVE, project)
@@ -388,7 +384,7 @@ def _item(run: SimulationRun) -> Item:
         "created_at": {"S": run.header.created_at.isoformat()},
         "schema": {"N": str(SCHEMA_VERSION)},
         "gsi1pk": {"S": project},
-        "gsi1sk": {"S": _position(run)},
+        "gsi1sk": {"S": position(run)},
     }
     if run.header.idempotency_key is not None:
         item["idem"] = {"S": run.header.idempotency_key}
@@ -525,52 +521,14 @@ def _unreachable(exc: BotoCoreError, doing: str) -> ServiceUnavailable:
 
 
 # ==================================================================== positions and cursors
-# A private copy of the cursor format of the other run repositories: adapter families stay
-# independent (see the import contracts). The creation instant is written in UTC with a fixed
-# width, so positions compare as instants whatever the offset the clock used.
-
-_POSITION = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\|.{1,400}", re.DOTALL)
+# The format is shared by every run repository (core/cursors.py).
 #: Sorts after every position (a position starts with a digit): the first page's bound.
 _FIRST = "~"
 
 
-def _stamp(at: datetime) -> str:
-    """The instant in UTC, fixed width (a naive time is taken as UTC)."""
-    utc = at.astimezone(UTC) if at.tzinfo is not None else at
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def _position(run: SimulationRun) -> str:
-    """Where a run sorts: newest first by creation, then by run id."""
-    return f"{_stamp(run.header.created_at)}|{run.run_id}"
-
-
-def _filter_key(states: Collection[RunState] | None) -> list[str]:
-    return sorted({s.value for s in states or ()})
-
-
-def _encode_cursor(project: ProjectRef, states: Collection[RunState] | None, after: str) -> str:
-    payload = {"p": project.key, "s": _filter_key(states), "a": after}
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str, project: ProjectRef, states: Collection[RunState] | None) -> str:
-    """The position a cursor points at; InvalidRequest when it was not made for this query."""
-    bad = InvalidRequest([FieldError("cursor", "is not a cursor of this listing")])
-    if len(cursor) > 2048:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        payload = json.loads(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
-        raise bad from None
-    if (
-        not isinstance(payload, dict)
-        or payload.get("p") != project.key
-        or payload.get("s") != _filter_key(states)
-        or not isinstance(payload.get("a"), str)
-        or not _POSITION.fullmatch(payload["a"])
-        or not _fits(payload["a"])
-    ):
-        raise bad
-    return str(payload["a"])
+    """The shared cursor format, plus DynamoDB's own limit on sort keys."""
+    after = decode_cursor(cursor, project, states)
+    if not _fits(after):
+        raise InvalidRequest([FieldError("cursor", "is not a cursor of this listing")])
+    return after

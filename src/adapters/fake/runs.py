@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import threading
 from collections.abc import Collection, Sequence
 
+from obp_workflow.core.cursors import decode_cursor, encode_cursor, position
 from obp_workflow.core.errors import (
     Conflict,
     CorruptRecord,
-    FieldError,
     IdempotencyConflict,
-    InvalidRequest,
     NotFound,
 )
 from obp_workflow.core.identity import ProjectRef
@@ -22,29 +19,6 @@ from obp_workflow.core.run import ACTIVE_STATES, JobWatch, RunState, SimulationR
 from obp_workflow.ports.runs import Page, RunRepository
 
 from .faults import Faults
-
-
-def encode_cursor(project: ProjectRef, states: Collection[RunState] | None, after: str) -> str:
-    payload = {"p": project.key, "s": sorted(s.value for s in states or ()), "a": after}
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, project: ProjectRef, states: Collection[RunState] | None) -> str:
-    """The position a cursor points at; InvalidRequest when it was not made for this query."""
-    bad = InvalidRequest([FieldError("cursor", "is not a cursor of this listing")])
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        payload = json.loads(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise bad from None
-    if (
-        not isinstance(payload, dict)
-        or payload.get("p") != project.key
-        or payload.get("s") != sorted(s.value for s in states or ())
-        or not isinstance(payload.get("a"), str)
-    ):
-        raise bad
-    return str(payload["a"])
 
 
 class InMemoryRunRepository(RunRepository):
@@ -117,15 +91,13 @@ class InMemoryRunRepository(RunRepository):
         wanted = set(states) if states else None
         # Newest first; the run id breaks ties so the order is total and stable across pages.
         runs = sorted(
-            (r for r in runs if wanted is None or r.state in wanted),
-            key=lambda r: (r.header.created_at.isoformat(), r.run_id),
-            reverse=True,
+            (r for r in runs if wanted is None or r.state in wanted), key=position, reverse=True
         )
         if after is not None:
-            runs = [r for r in runs if _position(r) < after]
+            runs = [r for r in runs if position(r) < after]
         page = runs[:limit]
         more = len(runs) > limit
-        return Page(page, encode_cursor(project, states, _position(page[-1])) if more else None)
+        return Page(page, encode_cursor(project, states, position(page[-1])) if more else None)
 
     def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
         with self._lock:
@@ -148,7 +120,3 @@ class InMemoryRunRepository(RunRepository):
         """Overwrite a stored record with anything (to test reading damaged data)."""
         with self._lock:
             self._records[(project, run_id)] = record
-
-
-def _position(run: SimulationRun) -> str:
-    return f"{run.header.created_at.isoformat()}|{run.run_id}"

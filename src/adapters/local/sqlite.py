@@ -17,17 +17,14 @@ ServiceUnavailable; a row or a database file that cannot be decoded is CorruptRe
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 
+from obp_workflow.core.cursors import decode_cursor, encode_cursor, filter_key, position
 from obp_workflow.core.errors import (
     Conflict,
     CorruptRecord,
@@ -169,11 +166,11 @@ class SqliteRunRepository(RunRepository):
     ) -> Page:
         if limit < 1:
             raise InvalidRequest([FieldError("limit", "must be at least 1")])
-        after = _decode_cursor(cursor, project, states) if cursor else _FIRST
+        after = decode_cursor(cursor, project, states) if cursor else _FIRST
         query = {
             "project": project.key,
             "after": after,
-            "states": json.dumps(_filter_key(states)) if states else None,
+            "states": json.dumps(filter_key(states)) if states else None,
             "limit": limit + 1,
         }
         with self._read() as conn:
@@ -181,7 +178,7 @@ class SqliteRunRepository(RunRepository):
         page = rows[:limit]
         runs = [_run(record, project, run_id) for run_id, _, record in page]
         more = len(rows) > limit
-        return Page(runs, _encode_cursor(project, states, page[-1][1]) if more else None)
+        return Page(runs, encode_cursor(project, states, page[-1][1]) if more else None)
 
     def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
         with self._read() as conn:
@@ -288,7 +285,7 @@ def _row(run: SimulationRun) -> tuple[object, ...]:
         run.project.key,
         run.run_id,
         run.header.created_at.isoformat(),
-        _position(run),
+        position(run),
         run.state.value,
         0 if run.terminal else 1,
         run.version,
@@ -359,52 +356,3 @@ def _translated(path: str) -> Iterator[None]:
         raise ServiceUnavailable(
             f"the run database {path} is not usable: {name or type(exc).__name__}: {text:.200}"
         ) from None
-
-
-# ==================================================================== positions and cursors
-# A private copy of the fake's cursor format: adapter families stay independent (see the
-# import contracts). The position differs in one point: the creation instant is written in UTC
-# with a fixed width, so positions compare as instants whatever the offset the clock used.
-
-_POSITION = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\|.{1,400}", re.DOTALL)
-
-
-def _stamp(at: datetime) -> str:
-    """The instant in UTC, fixed width (a naive time is taken as UTC)."""
-    utc = at.astimezone(UTC) if at.tzinfo is not None else at
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def _position(run: SimulationRun) -> str:
-    """Where a run sorts: newest first by creation, then by run id."""
-    return f"{_stamp(run.header.created_at)}|{run.run_id}"
-
-
-def _filter_key(states: Collection[RunState] | None) -> list[str]:
-    return sorted({s.value for s in states or ()})
-
-
-def _encode_cursor(project: ProjectRef, states: Collection[RunState] | None, after: str) -> str:
-    payload = {"p": project.key, "s": _filter_key(states), "a": after}
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, project: ProjectRef, states: Collection[RunState] | None) -> str:
-    """The position a cursor points at; InvalidRequest when it was not made for this query."""
-    bad = InvalidRequest([FieldError("cursor", "is not a cursor of this listing")])
-    if len(cursor) > 2048:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        payload = json.loads(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
-        raise bad from None
-    if (
-        not isinstance(payload, dict)
-        or payload.get("p") != project.key
-        or payload.get("s") != _filter_key(states)
-        or not isinstance(payload.get("a"), str)
-        or not _POSITION.fullmatch(payload["a"])
-    ):
-        raise bad
-    return str(payload["a"])
