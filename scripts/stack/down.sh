@@ -87,6 +87,14 @@ main() {
   if grep -q "TEST FIXTURE of the obp-workflow test stack" /usr/local/bin/sbatch 2>/dev/null; then
     rm -f /usr/local/bin/sbatch
   fi
+  # The lfs HSM emulator and its configuration, likewise (its folders stay with the state).
+  if grep -q "TEST FIXTURE of the obp-workflow test stack" /usr/local/bin/lfs 2>/dev/null; then
+    rm -f /usr/local/bin/lfs
+  fi
+  if grep -q "TEST FIXTURE of the obp-workflow test stack" "${LFS_HSM_CONF}" 2>/dev/null; then
+    rm -f "${LFS_HSM_CONF}"
+    rmdir "$(dirname "${LFS_HSM_CONF}")" 2>/dev/null || true
+  fi
   log "stack down in $(elapsed) s"
 }
 

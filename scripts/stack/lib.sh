@@ -50,6 +50,11 @@ SLURMDBD_CONF_FILE="${SLURM_ETC}/slurmdbd.conf"
 STATE_SAVE_DIR="${STACK_SPOOL}/slurmctld"
 SLURMD_SPOOL_DIR="${STACK_SPOOL}/slurmd"
 JOBCOMP_LOG="${STACK_LOG}/jobcomp.log"
+# The lfs HSM emulator (fixtures/lfs): the folder standing for the Lustre mount, its HSM state
+# and its configuration (read by the emulator at this fixed path; tests add the S3 endpoint).
+LUSTRE_MOUNT="${STACK_DIR}/lustre"
+LUSTRE_HSM_STATE="${STACK_DIR}/lustre-hsm"
+LFS_HSM_CONF="/etc/obp-stack/lfs-hsm.conf"
 
 # Runtime folder of mariadbd (socket and its own pid file); short path, as unix socket paths
 # are limited to 107 bytes and the state folder may be deep.

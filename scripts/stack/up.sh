@@ -564,9 +564,37 @@ on_exit() {
 }
 
 # Test fixtures on the "cluster": an sbatch wrapper that can cut the connection right after a
-# submission (see fixtures/sbatch; inert unless a user has its flag file).
+# submission (see fixtures/sbatch; inert unless a user has its flag file), and an `lfs` HSM
+# emulator over a folder standing for the Lustre mount (see fixtures/lfs): obpsim writes under
+# its DRA folder "project", obpadmin (the elevated sync job) reads there and keeps the HSM state.
 install_fixtures() {
   install -m 755 "${STACK_SCRIPTS}/fixtures/sbatch" /usr/local/bin/sbatch
+  install -m 755 "${STACK_SCRIPTS}/fixtures/lfs" /usr/local/bin/lfs
+  install -d -m 755 -o root -g root "${LUSTRE_MOUNT}"
+  install -d -m 2755 -o "${SIM_USER}" -g "${ADMIN_GROUP}" "${LUSTRE_MOUNT}/project"
+  install -d -m 2770 -o root -g "${ADMIN_GROUP}" "${LUSTRE_HSM_STATE}"
+  install -d -m 755 "$(dirname "${LFS_HSM_CONF}")"
+  # Keep the associations a test session wrote (bucket, endpoint); reset the folders.
+  /usr/bin/python3 - "${LFS_HSM_CONF}" "${LUSTRE_MOUNT}" "${LUSTRE_HSM_STATE}" <<'PY'
+import json, os, sys
+path, mount, state = sys.argv[1:]
+try:
+    with open(path) as f:
+        conf = json.load(f)
+except (OSError, ValueError):
+    conf = {}
+conf.update(
+    fixture="TEST FIXTURE of the obp-workflow test stack (scripts/stack/fixtures/lfs)",
+    mount_path=mount,
+    state_dir=state,
+)
+conf.setdefault("slow_seconds", 0)
+conf.setdefault("associations", [])
+with open(path + ".tmp", "w") as f:
+    json.dump(conf, f, indent=2)
+os.chmod(path + ".tmp", 0o644)
+os.replace(path + ".tmp", path)
+PY
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from tests.contract.harness_repositories import (
     SqliteRunRepositoryHarness,
 )
 from tests.contract.harness_slurm import SlurmClusterHarness
+from tests.contract.harness_sync import LustreHsmSyncHarness
 
 RUN_REPOSITORIES = [
     pytest.param(FakeRunRepositoryHarness, id="fake"),
@@ -66,10 +67,11 @@ INSTANCE_ORCHESTRATORS = [
     pytest.param(FakeInstancesHarness, id="fake"),
     pytest.param(EcsInstancesHarness, id="ecs"),
 ]
-# The two ways out of a cluster. Later: lustre-hsm, nexus-upload.
+# The two ways out of a cluster. Later: nexus-upload.
 DATA_SYNCHRONIZERS = [
     pytest.param(lambda: FakeSyncHarness(lustre=True), id="fake-lustre"),
     pytest.param(lambda: FakeSyncHarness(lustre=False), id="fake-upload"),
+    pytest.param(LustreHsmSyncHarness, id="lustre-hsm", marks=pytest.mark.stack),
 ]
 # Later: nexus-http.
 KNOWLEDGE_GRAPHS = [
