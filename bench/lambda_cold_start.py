@@ -1,0 +1,310 @@
+"""Cold start and warm latency of the two Lambda handlers, on the in-memory adapters.
+
+    .venv/bin/python bench/lambda_cold_start.py [--runs 7] [--requests 2000]
+
+1. Cold start: a fresh interpreter per run imports the handler module and invokes it once
+   (median of ``--runs``), with the bytecode compiled (.pyc, as a Lambda package should ship it)
+   and without (every module compiled from source, nothing written). Reported: the whole
+   process (interpreter start to exit), the import, the first invocation (which builds the
+   container), and the largest imports (``-X importtime``).
+   - authorizer: a REQUEST event whose token the default fake verifier does not know: the first
+     call builds the container and verifies, then raises ``Unauthorized`` (the same path as a
+     valid token, up to the verifier's lookup);
+   - API: ``POST .../runs`` with an authorizer context: validation, the application, the
+     in-memory repository, the run view and its response validation.
+2. Warm latency in one process: p50/p99 of ``--requests`` calls of each handler, container
+   built, bytecode compiled.
+
+Prints Markdown tables for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from obp_workflow.adapters.fake.simple import StaticTokenVerifier
+from obp_workflow.core.identity import Principal, parse_groups
+from obp_workflow.entrypoints import lambda_api, lambda_authorizer
+from obp_workflow.entrypoints.bootstrap import build
+from obp_workflow.entrypoints.settings import load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
+PROJECT = "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
+RUNS = f"/v1/virtual-labs/{VLAB}/projects/{PROJECT}/runs"
+REQUEST = {"name": "bench", "command": ["neurodamus", "--tstop", "10"], "outputs": ["out.h5"]}
+METHOD_ARN = "arn:aws:execute-api:eu-north-1:123456789012:abc123/prod/GET/v1/x"
+
+CHILD = {
+    "authorizer": """
+import time
+t0 = time.perf_counter()
+from obp_workflow.entrypoints import lambda_authorizer as module
+t1 = time.perf_counter()
+event = {"type": "REQUEST", "methodArn": %(arn)r, "headers": {"Authorization": "Bearer cold"}}
+try:
+    module.handler(event, None)
+except Exception as exc:
+    assert str(exc) == "Unauthorized", exc
+t2 = time.perf_counter()
+print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000})
+""",
+    "api": """
+import time
+t0 = time.perf_counter()
+from obp_workflow.entrypoints import lambda_api as module
+t1 = time.perf_counter()
+event = %(event)r
+response = module.handler(event, None)
+assert response["statusCode"] == 202, response
+t2 = time.perf_counter()
+print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000})
+""",
+}
+
+
+def api_event(method: str, path: str, body: object = None, *, principal_groups: str = "") -> dict:
+    headers = {"Content-Type": "application/json"}
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "requestContext": {
+            "stage": "prod",
+            "path": path,
+            "httpMethod": method,
+            "requestId": "bench",
+            "authorizer": {
+                "principalId": "bench-user",
+                "subject": "bench-user",
+                "username": "bench",
+                "memberships": principal_groups or f"/proj/{VLAB}/{PROJECT}/member",
+            },
+        },
+        "body": None if body is None else json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ================================================================ cold start
+
+
+def child_env(*, bytecode: bool, cache_dir: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "OBP_"))}
+    if not bytecode:
+        # An empty cache prefix: every module is compiled from source, and nothing is written.
+        env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=cache_dir)
+    return env
+
+
+def cold_once(handler: str, *, bytecode: bool, cache_dir: str) -> dict[str, float]:
+    code = CHILD[handler] % {"arn": METHOD_ARN, "event": api_event("POST", RUNS, REQUEST)}
+    start = time.perf_counter()
+    out = subprocess.run(
+        [PYTHON, "-c", code],
+        env=child_env(bytecode=bytecode, cache_dir=cache_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    total = (time.perf_counter() - start) * 1000
+    result: dict[str, float] = eval(out.stdout.strip().splitlines()[-1])  # our own child's dict
+    result["process_ms"] = total
+    return result
+
+
+def interpreter_alone(runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(
+            [PYTHON, "-c", "pass"], check=True, env=child_env(bytecode=True, cache_dir="")
+        )
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _importtime(code: str) -> list[tuple[str, float]]:
+    """(module, self ms) of every import ``code`` makes."""
+    out = subprocess.run(
+        [PYTHON, "-X", "importtime", "-c", code],
+        env=child_env(bytecode=True, cache_dir=""),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = []
+    for line in out.stderr.splitlines():
+        fields = line.split("|")
+        own = fields[0].removeprefix("import time:").strip()
+        if not line.startswith("import time:") or len(fields) != 3 or not own.isdigit():
+            continue
+        lines.append((fields[2].strip(), int(own) / 1000))
+    return lines
+
+
+def largest_imports(code: str, top: int = 6) -> list[tuple[str, float]]:
+    """Where the import time of ``code`` goes: the modules' own time summed by top-level package
+    (``obp_workflow`` by layer), beyond what the interpreter imports at start."""
+    startup = {name for name, _ in _importtime("pass")}
+    costs: dict[str, float] = {}
+    for name, ms in _importtime(code):
+        if name in startup:
+            continue
+        parts = name.split(".")
+        root = ".".join(parts[:2]) if parts[0] == "obp_workflow" else parts[0]
+        costs[root] = costs.get(root, 0.0) + ms
+    return sorted(costs.items(), key=lambda kv: -kv[1])[:top]
+
+
+def cold(runs: int) -> None:
+    print(f"### Cold start (fresh interpreter; median of {runs} runs)\n")
+    base = interpreter_alone(runs)
+    print(f"Interpreter alone (`python -c pass`, venv): {base:.1f} ms.\n")
+    print("| handler | bytecode | process (ms) | import (ms) | first call (ms) |")
+    print("|---|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as empty:
+        for handler in ("authorizer", "api"):
+            cold_once(handler, bytecode=True, cache_dir=empty)  # writes any missing .pyc
+            for bytecode in (True, False):
+                results = [
+                    cold_once(handler, bytecode=bytecode, cache_dir=empty) for _ in range(runs)
+                ]
+                med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+                print(
+                    f"| {handler} | {'.pyc' if bytecode else 'none'} | {med['process_ms']:.0f} "
+                    f"| {med['import_ms']:.0f} | {med['first_call_ms']:.1f} |"
+                )
+    print()
+    imports = {
+        "the authorizer module": "import obp_workflow.entrypoints.lambda_authorizer",
+        "the composition root (the authorizer's first call)": (
+            "import obp_workflow.entrypoints.lambda_authorizer, obp_workflow.entrypoints.bootstrap"
+        ),
+        "the API module": "import obp_workflow.entrypoints.lambda_api",
+    }
+    for what, code in imports.items():
+        shown = ", ".join(f"{name} {ms:.0f}" for name, ms in largest_imports(code))
+        print(f"Import time by package (ms, own time, .pyc, one run), {what}: {shown}.\n")
+
+
+# ================================================================ warm
+
+
+def warm(requests: int) -> None:
+    principal = Principal("bench-user", "bench", parse_groups([f"/proj/{VLAB}/{PROJECT}/member"]))
+    container = build(load_settings(), tokens=StaticTokenVerifier({"warm": principal}))
+    lambda_api.use_container(container)
+    lambda_authorizer.use_container(container)
+
+    def in_project(project: str, method: str, path: str = "", body: object = None) -> dict:
+        runs = f"/v1/virtual-labs/{VLAB}/projects/{project}/runs"
+        return api_event(
+            method, runs + path, body, principal_groups=f"/proj/{VLAB}/{project}/member"
+        )
+
+    def submitted(project: str) -> str:
+        response = lambda_api.handler(in_project(project, "POST", "", REQUEST), None)
+        return str(json.loads(response["body"])["run_id"])
+
+    listed, cancelled, submits = (str(uuid.uuid4()) for _ in range(3))
+    run_id = [submitted(listed) for _ in range(20)][-1]  # one page of 20 runs
+    to_cancel = [submitted(cancelled) for _ in range(requests + 50)]
+    listing = in_project(listed, "GET") | {
+        "queryStringParameters": {"limit": "20"},
+        "multiValueQueryStringParameters": {"limit": ["20"]},
+    }
+    auth_event = {
+        "type": "REQUEST",
+        "methodArn": METHOD_ARN,
+        "headers": {"Authorization": "Bearer warm"},
+    }
+    stranger = api_event("GET", RUNS, principal_groups=f"/proj/{VLAB}/{uuid.uuid4()}/member")
+
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("authorizer: valid token", lambda: lambda_authorizer.handler(auth_event, None)),
+        ("API: GET /v1/healthz", lambda: lambda_api.handler(api_event("GET", "/v1/healthz"), None)),
+        (
+            "API: POST .../runs (submit)",
+            lambda: lambda_api.handler(in_project(submits, "POST", "", REQUEST), None),
+        ),
+        (
+            "API: GET .../runs/{run}",
+            lambda: lambda_api.handler(in_project(listed, "GET", f"/{run_id}"), None),
+        ),
+        ("API: GET .../runs?limit=20 (of 20)", lambda: lambda_api.handler(listing, None)),
+        (
+            "API: POST .../runs/{run}/cancel",
+            lambda: lambda_api.handler(
+                in_project(cancelled, "POST", f"/{to_cancel.pop()}/cancel"), None
+            ),
+        ),
+        (
+            "API: 422 (unknown field)",
+            lambda: lambda_api.handler(in_project(submits, "POST", "", {**REQUEST, "x": 1}), None),
+        ),
+        ("API: 404 (not a member)", lambda: lambda_api.handler(stranger, None)),
+    ]
+    print(f"### Warm latency per request (in process, fake adapters; {requests} requests each)\n")
+    print("| request | p50 (ms) | p99 (ms) |")
+    print("|---|---:|---:|")
+    for name, call in cases:
+        for _ in range(50):
+            call()
+        times = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - start) * 1000)
+        print(f"| {name} | {percentile(times, 0.5):.3f} | {percentile(times, 0.99):.3f} |")
+    print()
+    lambda_api.use_container(None)
+    lambda_authorizer.use_container(None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs", type=int, default=7, help="fresh interpreters per cold-start figure"
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="calls per warm figure")
+    args = parser.parse_args(argv)
+    cpu = platform.processor() or platform.machine()
+    python = platform.python_version()
+    print(f"Machine: {os.cpu_count()} cores ({cpu}), Python {python}, {platform.platform()}.\n")
+    command = f"bench/lambda_cold_start.py --runs {args.runs} --requests {args.requests}"
+    print(f"Command: `.venv/bin/python {command}`\n")
+    cold(args.runs)
+    warm(args.requests)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
