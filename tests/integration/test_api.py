@@ -6,6 +6,7 @@ projects of its own, so the module shares one gateway.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from obp_workflow.entrypoints.api_models import PROBLEM_JSON, PROBLEM_TYPE_BASE
 from obp_workflow.entrypoints.bootstrap import Service, build
 from obp_workflow.entrypoints.local_gateway import LocalGateway, make_server
 from obp_workflow.entrypoints.settings import load_settings
+from tests.contract.harness_keycloak import KeycloakVerifierHarness
 
 REQUEST = {"name": "a small circuit", "command": ["neurodamus", "--tstop", "10"]}
 WITH_OUTPUTS = {**REQUEST, "outputs": ["output/spikes.h5"]}
@@ -38,14 +40,13 @@ WITH_OUTPUTS = {**REQUEST, "outputs": ["output/spikes.h5"]}
 class World:
     gateway: LocalGateway
     client: httpx.Client
-    tokens: StaticTokenVerifier
+    issue: Callable[[Principal], str]
     container: Service
     cluster: FakeCluster
+    keycloak: KeycloakVerifierHarness | None = None
 
     def login(self, principal: Principal) -> dict[str, str]:
-        token = "t-" + uuid.uuid4().hex
-        self.tokens.issue(token, principal)
-        return {"Authorization": f"Bearer {token}"}
+        return {"Authorization": f"Bearer {self.issue(principal)}"}
 
     def drive(
         self, project: ProjectRef, run_id: str, until: Callable[[SimulationRun], bool]
@@ -59,20 +60,39 @@ class World:
         raise AssertionError(f"run {run_id} never got there: {service.runs.get(project, run_id)}")
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    tokens = StaticTokenVerifier()
+class StaticTokens:
+    """Tokens known to an in-memory verifier."""
+
+    def __init__(self) -> None:
+        self.verifier = StaticTokenVerifier()
+
+    def issue(self, principal: Principal) -> str:
+        token = "t-" + uuid.uuid4().hex
+        self.verifier.issue(token, principal)
+        return token
+
+
+@pytest.fixture(scope="module", params=["in-memory-tokens", "keycloak-issuer"])
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    """The API over real HTTP; tokens from an in-memory verifier, or minted by the Keycloak-shaped
+    test issuer (over HTTP: discovery, JWKS) and checked by the production verifier."""
+    keycloak = KeycloakVerifierHarness() if request.param == "keycloak-issuer" else None
+    static = StaticTokens()
+    verifier = keycloak.verifier if keycloak is not None else static.verifier
+    issue = keycloak.issue if keycloak is not None else static.issue
     cluster = FakeCluster(auto_progress=True)
-    container = build(load_settings(), tokens=tokens, cluster=cluster)
+    container = build(load_settings(), tokens=verifier, cluster=cluster)
     gateway = make_server("127.0.0.1", 0, container)
     thread = threading.Thread(target=gateway.serve_forever, daemon=True)
     thread.start()
     try:
         with httpx.Client(base_url=gateway.url, timeout=10) as client:
-            yield World(gateway, client, tokens, container, cluster)
+            yield World(gateway, client, issue, container, cluster, keycloak)
     finally:
         gateway.shutdown()
         gateway.server_close()
+        if keycloak is not None:
+            keycloak.close()
 
 
 def new_project() -> ProjectRef:
@@ -950,3 +970,45 @@ def test_only_an_admin_may_cancel_another_members_run(
     assert done.status_code == 202
     assert done.json()["state"] == "CANCELLED"
     assert done.json()["cancelled_by"] == "boss"
+
+
+# ================================================================ Keycloak tokens over HTTP
+
+#: Tokens the Keycloak-shaped issuer mints wrongly, each refused with the same bare 401.
+BAD_KEYCLOAK_TOKENS: dict[str, Callable[[KeycloakVerifierHarness, str], str]] = {
+    "expired": lambda k, sub: k.issuer.mint(sub, lifetime=-600),
+    "not-yet-valid": lambda k, sub: k.issuer.mint(sub, not_before=k.issuer.clock() + 3600),
+    "wrong-issuer": lambda k, sub: k.issuer.mint(sub, extra={"iss": "https://evil/realms/x"}),
+    "wrong-audience": lambda k, sub: k.issuer.mint(sub, audience="other", azp="other-client"),
+    "no-subject": lambda k, sub: k.issuer.mint(sub, drop=["sub"]),
+    "tampered-payload": lambda k, sub: _tamper(k.issuer.mint(sub), part=1),
+    "tampered-signature": lambda k, sub: _tamper(k.issuer.mint(sub), part=2),
+    "alg-none": lambda k, sub: _unsigned(k.issuer.claims(sub)),
+}
+
+
+def _tamper(token: str, part: int) -> str:
+    parts = token.split(".")
+    text = parts[part]
+    parts[part] = text[:-2] + ("AA" if text[-2:] != "AA" else "BB")
+    return ".".join(parts)
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    return f"{header}.{b64(json.dumps(claims).encode())}."
+
+
+@pytest.mark.parametrize("world", ["keycloak-issuer"], indirect=True)
+@pytest.mark.parametrize("kind", list(BAD_KEYCLOAK_TOKENS))
+def test_a_bad_keycloak_token_is_401_through_the_gateway(world: World, kind: str) -> None:
+    assert world.keycloak is not None
+    project = new_project()
+    token = BAD_KEYCLOAK_TOKENS[kind](world.keycloak, "bad-" + kind)
+    response = world.client.get(runs_url(project), headers={"Authorization": f"Bearer {token}"})
+    body = assert_problem(response, 401, "unauthenticated")
+    assert body["detail"] == "authentication required"
+    assert token not in response.text
