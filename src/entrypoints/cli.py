@@ -93,10 +93,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument(
         "--no-lustre", action="store_true", help="a cluster without Lustre (direct upload)"
     )
+    p_serve = sub.add_parser(
+        "serve", help="serve the REST API over HTTP on loopback (the local gateway)"
+    )
+    p_serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    p_serve.add_argument("--port", type=int, default=8080, help="port (8080; 0: any free one)")
+    p_serve.add_argument(
+        "--dev-token",
+        help="in-memory adapters only: accept this bearer token for a local user",
+    )
+    p_serve.add_argument(
+        "--dev-groups",
+        default="",
+        help="comma-separated Keycloak groups of that user, e.g. /proj/VLAB/PROJECT/member",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(lustre=not args.no_lustre)
+    if args.command == "serve":
+        return serve(args.host, args.port, args.dev_token, args.dev_groups)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def serve(host: str, port: int, dev_token: str | None, dev_groups: str) -> int:
+    """The API and its authorizer behind a local HTTP gateway, until interrupted."""
+    from obp_workflow.adapters.fake.simple import StaticTokenVerifier
+    from obp_workflow.entrypoints.bootstrap import build
+    from obp_workflow.entrypoints.local_gateway import serve as serve_forever
+    from obp_workflow.entrypoints.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    overrides: dict[str, object] = {}
+    if dev_token:
+        if settings.adapters != "fake":
+            print(
+                "--dev-token is only for the in-memory adapters (OBP_ADAPTERS=fake)",
+                file=sys.stderr,
+            )
+            return 2
+        groups = [g for g in dev_groups.split(",") if g]
+        user = Principal("local-user", "local-user", parse_groups(groups))
+        overrides["tokens"] = StaticTokenVerifier({dev_token: user})
+    serve_forever(host, port, build(settings, **overrides))
+    return 0
 
 
 if __name__ == "__main__":
