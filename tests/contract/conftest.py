@@ -44,7 +44,7 @@ from tests.contract.harness_repositories import (
     SqliteRunRepositoryHarness,
 )
 from tests.contract.harness_slurm import SlurmClusterHarness
-from tests.contract.harness_sync import LustreHsmSyncHarness
+from tests.contract.harness_sync import LustreHsmSyncHarness, NexusUploadSyncHarness
 
 RUN_REPOSITORIES = [
     pytest.param(FakeRunRepositoryHarness, id="fake"),
@@ -67,11 +67,12 @@ INSTANCE_ORCHESTRATORS = [
     pytest.param(FakeInstancesHarness, id="fake"),
     pytest.param(EcsInstancesHarness, id="ecs"),
 ]
-# The two ways out of a cluster. Later: nexus-upload.
+# The two ways out of a cluster, each in memory and for real.
 DATA_SYNCHRONIZERS = [
     pytest.param(lambda: FakeSyncHarness(lustre=True), id="fake-lustre"),
     pytest.param(lambda: FakeSyncHarness(lustre=False), id="fake-upload"),
     pytest.param(LustreHsmSyncHarness, id="lustre-hsm", marks=pytest.mark.stack),
+    pytest.param(NexusUploadSyncHarness, id="nexus-upload", marks=pytest.mark.stack),
 ]
 # Later: nexus-http.
 KNOWLEDGE_GRAPHS = [

@@ -20,16 +20,22 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from obp_workflow.adapters.aws.s3 import S3ObjectStore
+from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
+from obp_workflow.adapters.nexus.upload import NexusUploadSynchronizer
 from obp_workflow.adapters.ssh.hsm import HsmSettings, LustreHsmSynchronizer
 from obp_workflow.core.cluster import LustreStorage
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import SyncLimits, SyncPlan, SyncRefused, choose_sync
 from obp_workflow.ports.cluster import ClusterGateway
 from obp_workflow.ports.sync import DataSynchronizer
+from tests.contract.harness import PROJECT_A, PROJECT_B
 from tests.contract.harness_aws import aws_client, moto
+from tests.contract.harness_nexus import PUBLIC_BASE, nexus_settings
 from tests.contract.harness_slurm import SlurmClusterHarness, _accounted_end
+from tests.nexus_server import TOKEN, NexusServer
 from tests.stack import slurm, stack, tagged_ids, wait_until
 
 if TYPE_CHECKING:
@@ -162,5 +168,87 @@ class LustreHsmSyncHarness:
         return path.read_text() if path.exists() else ""
 
 
+class NexusUploadSyncHarness:
+    """``nexus-upload``: ``NexusUploadSynchronizer`` over ``SlurmGateway`` (the test stack, whose
+    storage is a plain shared file system) and ``NexusKnowledgeGraph`` (real HTTP to the Nexus
+    Delta test server, ``tests/nexus_server.py``, one per harness).
+
+    ``block`` makes the server fail (503) every upload of that output's file, so the upload
+    never lands; ``transfers`` counts the uploads Nexus accepted (file PUTs answered 2xx).
+    """
+
+    def __init__(self) -> None:
+        self.server = NexusServer(base_uri=PUBLIC_BASE)
+        self.server.start()
+        self.settings = nexus_settings(self.server)
+        for project in (PROJECT_A, PROJECT_B):
+            self.server.create_project(*self.settings.project_for(project))
+        self.nexus = NexusKnowledgeGraph(self.settings, lambda: TOKEN)
+        self.slurm = SlurmClusterHarness()
+        self.cluster = self.slurm.cluster  # SharedStorage: outputs leave by direct upload
+        self.gateway: ClusterGateway = self.slurm.gateway
+        self.sync: DataSynchronizer = NexusUploadSynchronizer(self.gateway, self.nexus)
+
+    # ---------------------------------------------------------------- SyncHarness
+
+    def run_simulation(self, outputs: Sequence[str]) -> tuple[RunHeader, SyncPlan]:
+        job = self.slurm.job(outputs=outputs)
+        job_id = self.gateway.submit(self.cluster, job.spec)
+        self.slurm.let_finish(job_id)
+        found = {f.path: f.size for f in self.gateway.list_outputs(self.cluster, job.folder)}
+        plan = choose_sync(self.cluster.storage, job.folder, list(outputs), found, SyncLimits())
+        assert not isinstance(plan, SyncRefused), plan
+        return job.header, plan
+
+    def let_sync_job_finish(self, job_id: str) -> None:
+        raise AssertionError(f"a direct upload runs no sync job (asked to wait for {job_id})")
+
+    def block(self, header: RunHeader, plan: SyncPlan, relative_path: str) -> None:
+        self.fail_uploads(header, relative_path)
+
+    def sync_jobs(self, header: RunHeader) -> int:
+        return sum(len(tagged_ids(f"{header.tag}-sync-{n}")) for n in range(1, 4))
+
+    def stored(self, header: RunHeader) -> int:
+        prefix = self.nexus.activity_id(header.project, header.run_id) + "/outputs/"
+        return sum(
+            1
+            for ident in self.server.files()
+            if ident.startswith(prefix) and not self.server.deprecated(ident)
+        )
+
+    def transfers(self) -> int:
+        return sum(
+            1
+            for r in self.server.requests
+            if r.method == "PUT" and "/files/" in r.path and r.status in (200, 201)
+        )
+
+    def close(self) -> None:
+        self.server.clear_faults()
+        self.nexus.close()
+        self.server.stop()
+        self.slurm.close()
+
+    # ---------------------------------------------------------------- more controls
+
+    def file_id(self, header: RunHeader, relative_path: str) -> str:
+        return self.nexus.file_id(header.project, header.run_id, relative_path)
+
+    def fail_uploads(self, header: RunHeader, relative_path: str, times: int = 1000) -> None:
+        """The server answers 503 to the next ``times`` uploads of this output's file."""
+        ident = self.file_id(header, relative_path)
+
+        def is_upload(method: str, path: str) -> bool:
+            return (
+                method == "PUT" and "/files/" in path and unquote(path.rsplit("/", 1)[-1]) == ident
+            )
+
+        self.server.fail_next(times, status=503, match=is_upload)
+
+    def file_content(self, header: RunHeader, relative_path: str) -> bytes | None:
+        return self.server.file_content(self.file_id(header, relative_path))
+
+
 if TYPE_CHECKING:  # mypy proves each harness implements its port's harness protocol
-    _harnesses: list[type[SyncHarness]] = [LustreHsmSyncHarness]
+    _harnesses: list[type[SyncHarness]] = [LustreHsmSyncHarness, NexusUploadSyncHarness]

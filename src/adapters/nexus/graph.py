@@ -350,6 +350,15 @@ class NexusKnowledgeGraph(KnowledgeGraph):
         finally:
             source.close()
 
+    def file_info(self, run: RunHeader, relative_path: str) -> NexusFile | None:
+        """The run's file for ``relative_path`` as Nexus holds it (size, and SHA-256 digest when
+        Delta computed one), or None when there is none or it is deprecated (withdrawn)."""
+        t = self._target(run, relative_path, None)
+        existing = self.nexus.file_metadata(t.org, t.project, t.ident)
+        if existing is None or existing.get("_deprecated") is True:
+            return None
+        return _file_of(existing, t.ident, t.address)
+
     def link_file(
         self,
         run: RunHeader,
