@@ -4,12 +4,17 @@
 
 1. Cold start: a fresh interpreter per run imports the handler module and invokes it once
    (median of ``--runs``), with the bytecode compiled (.pyc, as a Lambda package should ship it)
-   and without (every module compiled from source, nothing written). Reported: the whole
-   process (interpreter start to exit), the import, the first invocation (which builds the
-   container), and the largest imports (``-X importtime``).
+   and without (every module compiled from source, nothing written); with every package of the
+   venv, and with the runtime dependencies only (``deps: runtime``: the packages that only the
+   dev extra brings, e.g. werkzeug, yaml, click, rich, are made unimportable, as they are absent
+   from a Lambda package built from the service's requirements; optional imports of them fail
+   at once). Reported: the whole process (interpreter start to exit), the import, the first
+   invocation (which builds what the handler needs), and the largest imports (``-X importtime``).
    - authorizer: a REQUEST event whose token the default fake verifier does not know: the first
-     call builds the container and verifies, then raises ``Unauthorized`` (the same path as a
-     valid token, up to the verifier's lookup);
+     call builds the token verifier alone and verifies, then raises ``Unauthorized`` (the same
+     path as a valid token, up to the verifier's lookup);
+   - authorizer (aws): the same with ``OBP_ADAPTERS=aws`` and Keycloak settings: the Keycloak
+     verifier is built (httpx, PyJWT) and refuses the token before any request to Keycloak;
    - API: ``POST .../runs`` with an authorizer context: validation, the application, the
      in-memory repository, the run view and its response validation.
 2. Warm latency in one process: p50/p99 of ``--requests`` calls of each handler, container
@@ -31,7 +36,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from obp_workflow.adapters.fake.simple import StaticTokenVerifier
 from obp_workflow.core.identity import Principal, parse_groups
@@ -47,6 +56,13 @@ PROJECT = "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
 RUNS = f"/v1/virtual-labs/{VLAB}/projects/{PROJECT}/runs"
 REQUEST = {"name": "bench", "command": ["neurodamus", "--tstop", "10"], "outputs": ["out.h5"]}
 METHOD_ARN = "arn:aws:execute-api:eu-north-1:123456789012:abc123/prod/GET/v1/x"
+
+#: Runs first in every child: makes the modules of ``hidden`` unimportable (``deps: runtime``).
+HIDE = """
+import sys
+for name in %(hidden)r:
+    sys.modules.setdefault(name, None)
+"""
 
 CHILD = {
     "authorizer": """
@@ -112,20 +128,72 @@ def percentile(values: Sequence[float], q: float) -> float:
 # ================================================================ cold start
 
 
-def child_env(*, bytecode: bool, cache_dir: str) -> dict[str, str]:
+#: The settings of the ``authorizer (aws)`` runs (no request is made to this issuer).
+AWS_TOKENS = {
+    "OBP_ADAPTERS": "aws",
+    "OBP_KEYCLOAK_ISSUER": "https://keycloak.example/realms/obp",
+    "OBP_KEYCLOAK_AUDIENCES": "workflow",
+}
+HANDLERS: dict[str, tuple[str, dict[str, str]]] = {
+    "authorizer": ("authorizer", {}),
+    "authorizer (aws)": ("authorizer", AWS_TOKENS),
+    "api": ("api", {}),
+}
+
+
+def dev_only_modules() -> list[str]:
+    """Top-level modules of the installed distributions outside the service's runtime
+    dependency closure (``obp-workflow`` without extras, following requested extras)."""
+    kept: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo: list[tuple[str, frozenset[str]]] = [("obp-workflow", frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        key = canonicalize_name(name)
+        if (key, extras) in seen:
+            continue
+        seen.add((key, extras))
+        kept.add(key)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        environments = [{"extra": extra} for extra in sorted(extras)] or [{"extra": ""}]
+        for text in requires:
+            requirement = Requirement(text)
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate(env) for env in environments):
+                todo.append((requirement.name, frozenset(requirement.extras)))
+    return sorted(
+        module
+        for module, dists in metadata.packages_distributions().items()
+        if module.isidentifier() and not any(canonicalize_name(d) in kept for d in dists)
+    )
+
+
+def child_env(
+    *, bytecode: bool, cache_dir: str, settings: dict[str, str] | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "OBP_"))}
+    env.update(settings or {})
     if not bytecode:
         # An empty cache prefix: every module is compiled from source, and nothing is written.
         env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=cache_dir)
     return env
 
 
-def cold_once(handler: str, *, bytecode: bool, cache_dir: str) -> dict[str, float]:
-    code = CHILD[handler] % {"arn": METHOD_ARN, "event": api_event("POST", RUNS, REQUEST)}
+def cold_once(
+    handler: str, *, bytecode: bool, cache_dir: str, hidden: Sequence[str] = ()
+) -> dict[str, float]:
+    child, settings = HANDLERS[handler]
+    code = HIDE % {"hidden": list(hidden)} + CHILD[child] % {
+        "arn": METHOD_ARN,
+        "event": api_event("POST", RUNS, REQUEST),
+    }
     start = time.perf_counter()
     out = subprocess.run(
         [PYTHON, "-c", code],
-        env=child_env(bytecode=bytecode, cache_dir=cache_dir),
+        env=child_env(bytecode=bytecode, cache_dir=cache_dir, settings=settings),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -168,10 +236,10 @@ def _importtime(code: str) -> list[tuple[str, float]]:
     return lines
 
 
-def largest_imports(code: str, top: int = 6) -> list[tuple[str, float]]:
+def largest_imports(code: str, top: int = 6, after: str = "pass") -> list[tuple[str, float]]:
     """Where the import time of ``code`` goes: the modules' own time summed by top-level package
-    (``obp_workflow`` by layer), beyond what the interpreter imports at start."""
-    startup = {name for name, _ in _importtime("pass")}
+    (``obp_workflow`` by layer), beyond what the interpreter and ``after`` import."""
+    startup = {name for name, _ in _importtime(after)}
     costs: dict[str, float] = {}
     for name, ms in _importtime(code):
         if name in startup:
@@ -186,30 +254,41 @@ def cold(runs: int) -> None:
     print(f"### Cold start (fresh interpreter; median of {runs} runs)\n")
     base = interpreter_alone(runs)
     print(f"Interpreter alone (`python -c pass`, venv): {base:.1f} ms.\n")
-    print("| handler | bytecode | process (ms) | import (ms) | first call (ms) |")
-    print("|---|---|---:|---:|---:|")
+    hidden = dev_only_modules()
+    print("| handler | bytecode | deps | process (ms) | import (ms) | first call (ms) |")
+    print("|---|---|---|---:|---:|---:|")
+    variants = [(True, "venv"), (False, "venv"), (True, "runtime")]
     with tempfile.TemporaryDirectory() as empty:
-        for handler in ("authorizer", "api"):
+        for handler in HANDLERS:
             cold_once(handler, bytecode=True, cache_dir=empty)  # writes any missing .pyc
-            for bytecode in (True, False):
+            for bytecode, deps in variants:
+                hide = hidden if deps == "runtime" else ()
                 results = [
-                    cold_once(handler, bytecode=bytecode, cache_dir=empty) for _ in range(runs)
+                    cold_once(handler, bytecode=bytecode, cache_dir=empty, hidden=hide)
+                    for _ in range(runs)
                 ]
                 med = {k: statistics.median(r[k] for r in results) for k in results[0]}
                 print(
-                    f"| {handler} | {'.pyc' if bytecode else 'none'} | {med['process_ms']:.0f} "
-                    f"| {med['import_ms']:.0f} | {med['first_call_ms']:.1f} |"
+                    f"| {handler} | {'.pyc' if bytecode else 'none'} | {deps} "
+                    f"| {med['process_ms']:.0f} | {med['import_ms']:.0f} "
+                    f"| {med['first_call_ms']:.1f} |"
                 )
     print()
     imports = {
         "the authorizer module": "import obp_workflow.entrypoints.lambda_authorizer",
-        "the composition root (the authorizer's first call)": (
-            "import obp_workflow.entrypoints.lambda_authorizer, obp_workflow.entrypoints.bootstrap"
+        "the authorizer's first call (the fake token verifier)": (
+            "import obp_workflow.entrypoints.lambda_authorizer, obp_workflow.entrypoints.tokens, "
+            "obp_workflow.adapters.fake.simple"
         ),
         "the API module": "import obp_workflow.entrypoints.lambda_api",
+        "the composition root (the API's first call, beyond the API module)": (
+            "import obp_workflow.entrypoints.lambda_api, obp_workflow.entrypoints.bootstrap"
+        ),
     }
+    api_module = imports["the API module"]
     for what, code in imports.items():
-        shown = ", ".join(f"{name} {ms:.0f}" for name, ms in largest_imports(code))
+        after = api_module if "beyond the API module" in what else "pass"
+        shown = ", ".join(f"{name} {ms:.0f}" for name, ms in largest_imports(code, after=after))
         print(f"Import time by package (ms, own time, .pyc, one run), {what}: {shown}.\n")
 
 

@@ -12,8 +12,9 @@ Virtual Lab and project roles joined by ``,`` (a character no canonical path con
 Any bad, missing or malformed token raises ``Exception("Unauthorized")``: API Gateway's
 convention for a 401, whose body says nothing about why.
 
-Cold path: this module imports only the domain's identity; the container (and with it the
-token verifier) is built on the first call and kept for the life of the warm environment.
+Cold path: this module imports only the domain's identity; the token verifier alone is built on
+the first call (:mod:`~obp_workflow.entrypoints.tokens`: its own settings and its adapter, not
+the composition root) and kept for the life of the warm environment.
 """
 
 from __future__ import annotations
@@ -47,26 +48,31 @@ class _Environment:
 
     def __init__(self) -> None:
         self.container: Service | None = None
+        self.tokens: TokenVerifier | None = None
         self.lock = threading.Lock()
 
     def verifier(self) -> TokenVerifier:
         with self.lock:
-            if self.container is None:
-                from obp_workflow.entrypoints.bootstrap import build
-                from obp_workflow.entrypoints.settings import load_settings
+            if self.container is not None:
+                tokens: TokenVerifier = self.container.tokens()
+                return tokens
+            if self.tokens is None:
+                # Only the verifier, from its own settings: not the whole composition root.
+                from obp_workflow.entrypoints.tokens import build_token_verifier
 
-                self.container = build(load_settings())
-            container = self.container
-        tokens: TokenVerifier = container.tokens()
-        return tokens
+                self.tokens = build_token_verifier()
+            return self.tokens
 
 
 _environment = _Environment()
 
 
 def use_container(container: Service | None) -> None:
-    """Inject the container this environment uses (tests); None to build it from settings."""
-    _environment.container = container
+    """Inject the container whose verifier this environment uses (tests); None to build the
+    verifier alone from settings."""
+    with _environment.lock:
+        _environment.container = container
+        _environment.tokens = None
 
 
 def handler(event: Mapping[str, Any], context: object) -> dict[str, Any]:

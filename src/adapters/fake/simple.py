@@ -6,14 +6,16 @@ import threading
 from datetime import datetime
 
 from obp_workflow.core.cluster import SecretRef
-from obp_workflow.core.errors import SecretNotFound, Unauthenticated
-from obp_workflow.core.identity import Principal, ProjectRef
-from obp_workflow.ports.identity import TokenVerifier
+from obp_workflow.core.errors import SecretNotFound
+from obp_workflow.core.identity import ProjectRef
 from obp_workflow.ports.instances import InstanceInfo, InstanceOrchestrator
 from obp_workflow.ports.secrets import Secret, SecretStore
 from obp_workflow.ports.system import Clock
 
 from .faults import Faults
+from .tokens import StaticTokenVerifier
+
+__all__ = ["InMemoryInstances", "InMemorySecretStore", "StaticTokenVerifier"]
 
 
 class InMemorySecretStore(SecretStore):
@@ -30,22 +32,6 @@ class InMemorySecretStore(SecretStore):
         if value is None:
             raise SecretNotFound(f"secret {ref.ref} not found")
         return Secret(value)
-
-
-class StaticTokenVerifier(TokenVerifier):
-    """Knows a fixed set of tokens; any other token is refused."""
-
-    def __init__(self, tokens: dict[str, Principal] | None = None) -> None:
-        self._tokens = dict(tokens or {})
-
-    def issue(self, token: str, principal: Principal) -> None:
-        self._tokens[token] = principal
-
-    def verify(self, token: str) -> Principal:
-        principal = self._tokens.get(token)
-        if principal is None:
-            raise Unauthenticated()
-        return principal
 
 
 class InMemoryInstances(InstanceOrchestrator):
