@@ -101,3 +101,14 @@ def loads(text: str | bytes) -> SimulationRun:
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise CorruptRecord("a stored run is not valid JSON") from None
     return run_from_record(record)
+
+
+def loads_stored(text: str | bytes, project: ProjectRef, run_id: str) -> SimulationRun:
+    """The run a storage row or item holds, which must be the run its keys say it is."""
+    run = loads(text)
+    if run.project != project or run.run_id != run_id:
+        raise CorruptRecord(
+            f"the record stored as run {run_id} of project {project} is run {run.run_id} "
+            f"of project {run.project}"
+        )
+    return run

@@ -52,7 +52,7 @@ from obp_workflow.core.errors import (
     ServiceUnavailable,
 )
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.records import SCHEMA_VERSION, dumps, loads
+from obp_workflow.core.records import SCHEMA_VERSION, dumps, loads_stored
 from obp_workflow.core.run import JobWatch, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
@@ -438,13 +438,7 @@ def _run(item: Item, project: ProjectRef, run_id: str) -> SimulationRun:
     record = _text(item, "record")
     if record is None:
         raise CorruptRecord(f"run {run_id}: the stored record is missing or not a string")
-    run = loads(record)
-    if run.project != project or run.run_id != run_id:
-        raise CorruptRecord(
-            f"the record stored as run {run_id} of project {project} is run {run.run_id} "
-            f"of project {run.project}"
-        )
-    return run
+    return loads_stored(record, project, run_id)
 
 
 def _watch(item: Item) -> JobWatch:

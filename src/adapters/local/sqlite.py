@@ -36,7 +36,7 @@ from obp_workflow.core.errors import (
     ServiceUnavailable,
 )
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.records import dumps, loads
+from obp_workflow.core.records import dumps, loads_stored
 from obp_workflow.core.run import JobWatch, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
@@ -301,13 +301,7 @@ def _run(record: object, project: ProjectRef, run_id: str) -> SimulationRun:
     """The run stored in a row, which must be the run the row's keys say."""
     if not isinstance(record, bytes | str):
         raise CorruptRecord(f"run {run_id}: the stored record is not text")
-    run = loads(record)
-    if run.project != project or run.run_id != run_id:
-        raise CorruptRecord(
-            f"the record stored as run {run_id} of project {project} is run {run.run_id} "
-            f"of project {run.project}"
-        )
-    return run
+    return loads_stored(record, project, run_id)
 
 
 def _project(key: object) -> ProjectRef:

@@ -49,6 +49,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from obp_workflow.core.backoff import backoff_ceiling
 from obp_workflow.core.errors import ServiceUnavailable
 from obp_workflow.core.identity import ProjectRef
 
@@ -419,7 +420,7 @@ class NexusClient:
             if attempt == s.max_attempts:
                 break
             if delay is None:
-                ceiling = min(s.backoff_cap_seconds, s.backoff_base_seconds * 2 ** (attempt - 1))
+                ceiling = backoff_ceiling(attempt, s.backoff_base_seconds, s.backoff_cap_seconds)
                 delay = self._random.uniform(ceiling / 2, ceiling)
             log.warning(
                 "nexus %s %s: attempt %d/%d failed (%s); retrying in %.2f s",

@@ -76,6 +76,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.session import Session
 
+from obp_workflow.core.backoff import backoff_ceiling
 from obp_workflow.core.cluster import (
     ClusterHandle,
     LustreStorage,
@@ -500,7 +501,7 @@ class HttpProvisioner(ClusterProvisioner):
             if attempt == s.max_attempts:
                 break
             if delay is None:
-                ceiling = min(s.backoff_cap_seconds, s.backoff_base_seconds * 2 ** (attempt - 1))
+                ceiling = backoff_ceiling(attempt, s.backoff_base_seconds, s.backoff_cap_seconds)
                 delay = self._random.uniform(ceiling / 2, ceiling)
             log.warning(
                 "provisioner %s %s: attempt %d/%d failed (%s); retrying in %.2f s",

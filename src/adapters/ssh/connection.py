@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import paramiko
 
+from obp_workflow.core.backoff import backoff_ceiling
 from obp_workflow.core.cluster import ClusterHandle, KeyRole, SecretRef
 from obp_workflow.core.errors import (
     ClusterAccessDenied,
@@ -293,9 +294,10 @@ class SshPool:
         except ClusterUnreachable as exc:
             health.failures += 1
             health.last_error = exc.message
-            delay = min(
+            delay = backoff_ceiling(
+                health.failures,
+                self.settings.backoff_base_seconds,
                 self.settings.backoff_cap_seconds,
-                self.settings.backoff_base_seconds * 2 ** (health.failures - 1),
             )
             health.retry_at = self._now() + delay * random.uniform(0.5, 1.0)  # noqa: S311
             raise
