@@ -448,7 +448,13 @@ class WorkflowService:
             outcome=run.sync_outcome,
             exit_code=run.exit_code,
         )
-        registration = self.knowledge_graph.register(provenance)
+        try:
+            registration = self.knowledge_graph.register(provenance)
+        except SyncIncomplete as exc:
+            # Confirmed outputs that are gone (or changed) by the time they are linked: the
+            # evidence is there, and registering again cannot bring them back.
+            run.fail(self.clock.now(), f"outputs could not be registered: {exc.message}")
+            return
         run.registered(self.clock.now(), registration.activity_id, registration.entity_ids)
 
     def _finish_cancel(self, t: _Tracked) -> None:

@@ -34,7 +34,12 @@ class KnowledgeGraph(Protocol):
     @abstractmethod
     def register(self, provenance: RunProvenance) -> Registration:
         """Record the run's activity and one entity per output. Ids are derived from the run:
-        registering again updates, never duplicates."""
+        registering again updates, never duplicates.
+
+        An output synchronised to the graph's own S3 storage bucket (``s3://`` location there)
+        is registered as the graph's file, linked to the object, not copied; the object must
+        be there with the size synchronised, else ``SyncIncomplete`` names the output and the
+        activity is not written. Outputs elsewhere are recorded by their location."""
 
     @abstractmethod
     def withdraw(self, run: RunHeader) -> None:

@@ -544,8 +544,19 @@ class FakeSyncHarness:
 # ==================================================================== KnowledgeGraph
 
 
+#: The graph's own S3 storage bucket in the KnowledgeGraph harnesses (the Nexus data bucket).
+GRAPH_BUCKET = "obp-graph-storage"
+
+
 class GraphHarness(Protocol):
     graph: KnowledgeGraph
+
+    def put_object(self, key: str, data: bytes) -> None:
+        """Put an object into the graph's storage bucket (``GRAPH_BUCKET``)."""
+
+    def linked(self, run: RunHeader, relative_path: str) -> tuple[str, int] | None:
+        """The key and size of the object the run's file for this output is linked to; None
+        when there is no such file, or it is withdrawn."""
 
     def creations(self) -> int:
         """How many resources were ever created (not updated)."""
@@ -567,8 +578,16 @@ class GraphHarness(Protocol):
 
 class FakeGraphHarness:
     def __init__(self) -> None:
-        self.fake = InMemoryKnowledgeGraph()
+        self.bucket = InMemoryBucket()
+        self.fake = InMemoryKnowledgeGraph(self.bucket, GRAPH_BUCKET)
         self.graph: KnowledgeGraph = self.fake
+
+    def put_object(self, key: str, data: bytes) -> None:
+        self.bucket.put(GRAPH_BUCKET, key, data)
+
+    def linked(self, run: RunHeader, relative_path: str) -> tuple[str, int] | None:
+        found = self.fake.links.get(entity_id(run.project, run.run_id, relative_path) + "/file")
+        return None if found is None or found.withdrawn else (found.key, found.size)
 
     def creations(self) -> int:
         return self.fake.creations

@@ -26,8 +26,10 @@ from urllib.parse import unquote
 from obp_workflow.adapters.nexus.client import NexusSettings
 from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
 from obp_workflow.core.errors import DomainError, ServiceUnavailable
+from obp_workflow.core.run import RunHeader
 from obp_workflow.ports.knowledge_graph import KnowledgeGraph
-from tests.contract.harness import PROJECT_A, PROJECT_B
+from tests.contract.harness import GRAPH_BUCKET, PROJECT_A, PROJECT_B
+from tests.contract.harness_aws import aws_client
 from tests.nexus_server import TOKEN, NexusServer
 
 PUBLIC_BASE = "https://nexus.test.openbrainplatform.org/v1"
@@ -35,6 +37,8 @@ PUBLIC_BASE = "https://nexus.test.openbrainplatform.org/v1"
 #: 1.9, as production runs).
 DETECT_NO_CHANGE = True
 MAX_ATTEMPTS = 3
+#: The S3 storage over ``GRAPH_BUCKET`` (on the session's moto server), for links.
+S3_STORAGE = "nexus-data"
 
 
 def nexus_settings(server: NexusServer, **overrides: Any) -> NexusSettings:
@@ -56,13 +60,33 @@ def nexus_settings(server: NexusServer, **overrides: Any) -> NexusSettings:
 
 class NexusGraphHarness:
     def __init__(self, *, detect_no_change: bool = DETECT_NO_CHANGE) -> None:
-        self.server = NexusServer(base_uri=PUBLIC_BASE, detect_no_change=detect_no_change)
+        self.s3 = aws_client("s3")
+        self.s3.create_bucket(Bucket=GRAPH_BUCKET)  # idempotent in us-east-1
+        self.server = NexusServer(
+            base_uri=PUBLIC_BASE,
+            detect_no_change=detect_no_change,
+            s3=self.s3,
+            s3_storages={S3_STORAGE: GRAPH_BUCKET},
+        )
         self.server.start()
-        self.settings = nexus_settings(self.server)
+        self.settings = nexus_settings(
+            self.server, s3_storage=S3_STORAGE, s3_storage_bucket=GRAPH_BUCKET
+        )
         for project in (PROJECT_A, PROJECT_B):
             self.server.create_project(*self.settings.project_for(project))
         self.nexus = NexusKnowledgeGraph(self.settings, lambda: TOKEN)
         self.graph: KnowledgeGraph = self.nexus
+
+    def put_object(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=GRAPH_BUCKET, Key=key, Body=data)
+
+    def linked(self, run: RunHeader, relative_path: str) -> tuple[str, int] | None:
+        ident = self.nexus.file_id(run.project, run.run_id, relative_path)
+        found = self.server.entry(ident)
+        if found is None or found.kind != "file" or found.deprecated:
+            return None
+        state = found.current
+        return (state.location, state.size) if state.origin == "Link" else None
 
     def creations(self) -> int:
         return self.server.creations

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
-from obp_workflow.core.errors import ServiceUnavailable
+from obp_workflow.core.errors import ServiceUnavailable, SyncIncomplete
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.sync import SyncedFile, SyncOutcome
 from obp_workflow.ports.knowledge_graph import RunProvenance
-from tests.contract.harness import PROJECT_A, PROJECT_B, T0, GraphHarness, make_header
+from tests.contract.harness import (
+    GRAPH_BUCKET,
+    PROJECT_A,
+    PROJECT_B,
+    T0,
+    GraphHarness,
+    make_header,
+)
 
 OUTPUTS = ("spikes.dat", "reports/soma.h5", "reports/deep/v.bin")
 
@@ -130,3 +138,93 @@ def test_withdrawing_a_run_that_registered_nothing_changes_nothing(
     before = h.snapshot()
     h.graph.withdraw(make_header(PROJECT_B))
     assert h.snapshot() == before
+
+
+# ==================================================================== outputs in the graph's bucket
+
+
+def exported(h: GraphHarness, contents: dict[str, bytes], *, put: bool = True) -> RunProvenance:
+    """A run whose outputs the Lustre HSM exported to the graph's own bucket (``contents``
+    put there unless ``put`` is false)."""
+    header = make_header(PROJECT_A)
+    files = []
+    for path, data in contents.items():
+        key = f"runs/{header.run_id}/{path}"
+        if put:
+            h.put_object(key, data)
+        files.append(SyncedFile(path, len(data), f"s3://{GRAPH_BUCKET}/{key}"))
+    return dataclasses.replace(
+        provenance(), header=header, outcome=SyncOutcome("lustre-hsm", tuple(files))
+    )
+
+
+CONTENTS = {"spikes.dat": b"spike" * 20, "reports/soma.h5": b"\x89HDF" * 9}
+
+
+def test_outputs_in_the_graph_bucket_become_its_files_linked_to_the_objects(
+    graph_harness: GraphHarness,
+) -> None:
+    h = graph_harness
+    prov = exported(h, CONTENTS)
+    reg = h.graph.register(prov)
+    assert len(reg.entity_ids) == len(CONTENTS)
+    for path, data in CONTENTS.items():
+        assert h.linked(prov.header, path) == (f"runs/{prov.header.run_id}/{path}", len(data))
+    creations = h.creations()
+    h.graph.register(prov)
+    assert h.creations() == creations
+    for path, data in CONTENTS.items():
+        assert h.linked(prov.header, path) == (f"runs/{prov.header.run_id}/{path}", len(data))
+
+
+def test_outputs_elsewhere_are_recorded_by_location_without_a_file(
+    graph_harness: GraphHarness,
+) -> None:
+    h = graph_harness
+    prov = provenance()  # in another bucket than the graph's
+    h.graph.register(prov)
+    for path in OUTPUTS:
+        assert h.linked(prov.header, path) is None
+
+
+def test_objects_missing_from_the_bucket_fail_the_registration_naming_each_output(
+    graph_harness: GraphHarness,
+) -> None:
+    h = graph_harness
+    prov = exported(h, {**CONTENTS, "a.dat": b"a", "b.dat": b"b"}, put=False)
+    h.put_object(f"runs/{prov.header.run_id}/spikes.dat", CONTENTS["spikes.dat"])
+    h.put_object(f"runs/{prov.header.run_id}/reports/soma.h5", CONTENTS["reports/soma.h5"])
+    with pytest.raises(SyncIncomplete) as caught:
+        h.graph.register(prov)
+    assert caught.value.offending == ("a.dat", "b.dat")
+    assert "a.dat" in caught.value.message
+    assert "b.dat" in caught.value.message
+    # The activity (the commit marker) is not written while an output is missing.
+    assert not [i for i in h.snapshot() if i.endswith(f"/runs/{prov.header.run_id}")]
+    h.put_object(f"runs/{prov.header.run_id}/a.dat", b"a")
+    h.put_object(f"runs/{prov.header.run_id}/b.dat", b"b")
+    reg = h.graph.register(prov)
+    assert h.revision(reg.activity_id) is not None
+    assert h.linked(prov.header, "b.dat") == (f"runs/{prov.header.run_id}/b.dat", 1)
+
+
+def test_an_object_of_another_size_than_synchronised_fails_the_registration(
+    graph_harness: GraphHarness,
+) -> None:
+    h = graph_harness
+    prov = exported(h, CONTENTS)
+    h.put_object(f"runs/{prov.header.run_id}/spikes.dat", b"short")
+    with pytest.raises(SyncIncomplete) as caught:
+        h.graph.register(prov)
+    assert caught.value.offending == ("spikes.dat",)
+    assert "5 bytes" in caught.value.message
+    assert "100 bytes" in caught.value.message
+
+
+def test_withdraw_also_withdraws_the_linked_files(graph_harness: GraphHarness) -> None:
+    h = graph_harness
+    prov = exported(h, CONTENTS)
+    h.graph.register(prov)
+    h.graph.withdraw(prov.header)
+    for path in CONTENTS:
+        assert h.linked(prov.header, path) is None

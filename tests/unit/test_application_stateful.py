@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from obp_workflow.adapters.fake.cluster import FakeCluster
-from obp_workflow.adapters.fake.knowledge_graph import InMemoryKnowledgeGraph
+from obp_workflow.adapters.fake.knowledge_graph import InMemoryKnowledgeGraph, entity_id
 from obp_workflow.adapters.fake.provisioner import FakeProvisioner, example_cluster
 from obp_workflow.adapters.fake.runs import InMemoryRunRepository
 from obp_workflow.adapters.fake.simple import InMemoryInstances
 from obp_workflow.adapters.fake.sync import FakeDataSynchronizer, InMemoryBucket
 from obp_workflow.adapters.fake.system import ManualClock, RecordingPublisher, SequentialIds
 from obp_workflow.application.service import ServicePolicy, WorkflowService
+from obp_workflow.core.cluster import LustreStorage
 from obp_workflow.core.errors import (
     ClusterUnreachable,
     Conflict,
@@ -54,6 +55,7 @@ EVIDENCED_FAILURES = (
     "the cluster refused the job",
     "outputs cannot be synchronised",
     "outputs could not be synchronised",
+    "outputs could not be registered",
 )
 
 
@@ -74,7 +76,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
             cluster_for=lambda p: example_cluster(p, lustre=p == LUSTRE),
         )
         self.bucket = InMemoryBucket()
-        self.graph = InMemoryKnowledgeGraph()
+        self.graph = InMemoryKnowledgeGraph(self.bucket, example_cluster(LUSTRE).storage.bucket)
         self.service = WorkflowService(
             runs=self.repo,
             provisioner=self.provisioner,
@@ -90,6 +92,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
         self.submitted: dict[str, ProjectRef] = {}
         self.cancel_requested: set[str] = set()
         self.doomed: dict[str, JobState] = {}
+        self.vanished: set[str] = set()
 
     # ------------------------------------------------------------ requests
 
@@ -217,6 +220,38 @@ class ApplicationWithFaults(RuleBasedStateMachine):
         elif fault == "find":
             self.cluster.faults.fail_next("find_by_tag", ClusterUnreachable("lookup failed"))
 
+    @rule(data=st.data())
+    def an_exported_object_vanishes(self, data: st.DataObject) -> None:
+        """Someone deletes a run's exported objects from the Nexus bucket while it syncs or
+        after its sync was confirmed (before the sync: the next attempt archives them again;
+        after: the registration finds them gone)."""
+        exporting = sorted(
+            run_id
+            for run_id, project in self.submitted.items()
+            if project == LUSTRE
+            and self.repo.get(project, run_id).state in (RunState.SYNCING, RunState.REGISTERING)
+        )
+        if not exporting:
+            return
+        run_id = data.draw(st.sampled_from(exporting))
+        prefix = f"{self.cluster_prefix(run_id)}/"
+        gone = [k for k in self.bucket.objects if k[1].startswith(prefix)]
+        for found in gone:
+            self.bucket.objects.pop(found)
+        self.vanished.add(run_id)
+        state = self.repo.get(LUSTRE, run_id).state.value
+        event(f"exported objects vanished in {state}" if gone else "nothing exported yet")
+
+    @staticmethod
+    def cluster_prefix(run_id: str) -> str:
+        """The key prefix of a Lustre run's exported outputs."""
+        cluster = example_cluster(LUSTRE)
+        storage = cluster.storage
+        assert isinstance(storage, LustreStorage)
+        key = storage.s3_key(cluster.run_folder(run_id) + "/x")
+        assert key is not None
+        return key.removesuffix("/x")
+
     @rule(down=st.booleans())
     def cluster_reachability(self, down: bool) -> None:
         self.cluster.unreachable = down
@@ -288,7 +323,15 @@ class ApplicationWithFaults(RuleBasedStateMachine):
             if run.state is RunState.DONE:
                 assert len(jobs) == 1
                 assert run.kg_activity_id in self.graph.resources
-            if run_id not in self.cancel_requested and run_id not in self.doomed:
+            if run.state is RunState.DONE and run.sync_kind == "lustre-hsm":
+                assert run.sync_outcome is not None
+                for file in run.sync_outcome.files:  # linked: a file of the graph
+                    assert entity_id(project, run_id, file.relative_path) + "/file" in (
+                        self.graph.links
+                    )
+            if run_id in self.vanished and run.state is RunState.FAILED:
+                assert (run.failure_reason or "").startswith("outputs could not be registered")
+            elif run_id not in self.cancel_requested and run_id not in self.doomed:
                 assert run.state is RunState.DONE, (run_id, run.state, run.failure_reason)
             if run.state is RunState.CANCELLED and run_id not in self.cancel_requested:
                 raise AssertionError(f"run {run_id} was cancelled without anyone asking")

@@ -60,6 +60,7 @@ LINK_MODES: tuple[LinkMode, ...] = ("link", "legacy-files")
 
 #: Nexus organisation and project labels.
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MESSAGE_LIMIT = 300
 _SAMPLE_PROJECT = ProjectRef(
     "00000000-0000-4000-8000-000000000000", "00000000-0000-4000-8000-000000000001"
@@ -89,6 +90,10 @@ class NexusSettings:
     service_agent: str = "https://openbrainplatform.org/workflow/service"
     #: The S3 storage over the Nexus data bucket, for links (None: the project's default storage).
     s3_storage: str | None = None
+    #: That storage's bucket: an output synchronised to ``s3://{s3_storage_bucket}/{key}`` (the
+    #: Lustre HSM export) is linked as the run's Nexus file at registration. None: outputs in
+    #: S3 are recorded by their location only.
+    s3_storage_bucket: str | None = None
     #: The storage of direct uploads (None: the project's default storage).
     upload_storage: str | None = None
     #: ``link`` (Delta >= 1.10, ``/v1/link/files``) or ``legacy-files`` (JSON on ``/v1/files``).
@@ -129,6 +134,17 @@ class NexusSettings:
         if not self.realm or "/" in self.realm:
             raise ValueError(f"invalid realm {self.realm!r}")
         self.project_for(_SAMPLE_PROJECT)  # a bad template fails here, not at the first run
+        if self.s3_storage_bucket is not None and not _BUCKET.fullmatch(self.s3_storage_bucket):
+            raise ValueError(f"invalid S3 bucket name {self.s3_storage_bucket!r}")
+
+    def storage_key(self, location: str) -> str | None:
+        """The key of ``location`` (``s3://bucket/key``) in the storage's bucket, or None when
+        it is elsewhere."""
+        if self.s3_storage_bucket is None:
+            return None
+        prefix = f"s3://{self.s3_storage_bucket}/"
+        key = location.removeprefix(prefix)
+        return key if key != location and key else None
 
     @property
     def api(self) -> str:

@@ -30,8 +30,14 @@ and the service's own ``obp:`` vocabulary), so Delta needs no remote context to 
   ``endedAtTime``, ``status`` Done, ``clusterName``, ``jobId``, ``exitCode`` (when known) and
   ``elapsed`` (xsd:duration between the start and the end the service observed);
 - one entity per output: [Entity, Dataset], ``wasGeneratedBy`` the activity, ``distribution``
-  a ``DataDownload`` with ``contentUrl`` (the S3 location, or the Nexus file's address),
-  ``contentSize`` (bytes), ``digest`` (SHA-256) and ``encodingFormat``.
+  a ``DataDownload`` with ``contentUrl`` (the Nexus file's address; the S3 location for an
+  object outside the Nexus data bucket), ``contentSize`` (bytes), ``digest`` (SHA-256) and
+  ``encodingFormat``; for a linked object also ``atLocation`` (its ``s3://`` location).
+
+Outputs the Lustre HSM exported to the Nexus data bucket (``s3://{s3_storage_bucket}/{key}``)
+are linked as the run's Nexus files first (``link_file``, with the size that was synchronised:
+an object missing or of another size is ``SyncIncomplete`` naming the output), so the graph
+holds them as Nexus holds any file, with the SHA-256 Delta computed.
 
 Files (public methods for the synchronizers, not in the port): ``upload_file`` streams one
 output as multipart with ``x-nxs-file-content-length`` and ``x-nxs-file-metadata``; it is
@@ -99,6 +105,9 @@ CONTEXT: dict[str, Any] = {
     "identifier": "schema:identifier",
     "distribution": "schema:distribution",
     "contentUrl": {"@id": "schema:contentUrl", "@type": "@id"},
+    "Location": "prov:Location",
+    "atLocation": "prov:atLocation",
+    "location": {"@id": "obp:location", "@type": "@id"},
     "contentSize": "schema:contentSize",
     "encodingFormat": "schema:encodingFormat",
     "value": "schema:value",
@@ -269,12 +278,14 @@ class NexusKnowledgeGraph(KnowledgeGraph):
         org, project = self.project_for(header.project)
         files = provenance.outcome.files
         entities = [self.entity_id(header.project, header.run_id, f.relative_path) for f in files]
-        self._each(
-            lambda pair: self.nexus.upsert(
-                org, project, pair[0], self.entity_document(provenance, pair[1], org, project)
-            ),
-            list(zip(entities, files, strict=True)),
-        )
+        linked = self._link_outputs(header, files)
+
+        def write(item: tuple[str, SyncedFile, NexusFile | None]) -> None:
+            ident, file, link = item
+            document = self.entity_document(provenance, file, org, project, link)
+            self.nexus.upsert(org, project, ident, document)
+
+        self._each(write, list(zip(entities, files, linked, strict=True)))
         act = self.activity_id(header.project, header.run_id)
         self.nexus.upsert(org, project, act, self.activity_document(provenance, entities))
         return Registration(act, entities)
@@ -463,8 +474,15 @@ class NexusKnowledgeGraph(KnowledgeGraph):
         return document
 
     def entity_document(
-        self, provenance: RunProvenance, file: SyncedFile, org: str, project: str
+        self,
+        provenance: RunProvenance,
+        file: SyncedFile,
+        org: str,
+        project: str,
+        linked: NexusFile | None = None,
     ) -> dict[str, Any]:
+        """The output's entity; ``linked``: the Nexus file its S3 object was linked as (the
+        distribution is then that file, at the object's S3 location)."""
         header = provenance.header
         name = posixpath.basename(file.relative_path)
         download: dict[str, Any] = {
@@ -474,8 +492,13 @@ class NexusKnowledgeGraph(KnowledgeGraph):
             "contentSize": {"unitCode": "bytes", "value": file.size},
             "contentUrl": self._content_url(file.location, org, project),
         }
-        if file.digest:
-            algorithm, _, value = file.digest.partition(":")
+        digest = file.digest
+        if linked is not None:
+            download["contentUrl"] = linked.address
+            download["atLocation"] = {"@type": "Location", "location": file.location}
+            digest = linked.digest or digest
+        if digest:
+            algorithm, _, value = digest.partition(":")
             if value:
                 download["digest"] = {
                     "algorithm": _ALGORITHMS.get(algorithm.lower(), algorithm.upper()),
@@ -494,6 +517,43 @@ class NexusKnowledgeGraph(KnowledgeGraph):
         }
 
     # ================================================================ plumbing
+
+    def _link_outputs(
+        self, header: RunHeader, files: Sequence[SyncedFile]
+    ) -> list[NexusFile | None]:
+        """Link every output of the Nexus data bucket (in parallel); outputs that cannot be
+        linked are named together in one ``SyncIncomplete``."""
+        results: list[NexusFile | None] = [None] * len(files)
+        offending: list[str] = []
+        reasons: list[str] = []
+
+        def link(index: int) -> None:
+            try:
+                results[index] = self._link_output(header, files[index])
+            except SyncIncomplete as exc:
+                offending.extend(exc.offending)
+                reasons.append(exc.message)
+
+        self._each(link, [i for i, f in enumerate(files) if self.settings.storage_key(f.location)])
+        if offending:
+            raise SyncIncomplete(sorted(offending), "; ".join(sorted(reasons)))
+        return results
+
+    def _link_output(self, header: RunHeader, file: SyncedFile) -> NexusFile | None:
+        """Link an output in the Nexus data bucket (``s3_storage_bucket``) as the run's Nexus
+        file; None for an output elsewhere (recorded by its location only). An object that
+        is not in the bucket, or not of the size synchronised, is ``SyncIncomplete``."""
+        key = self.settings.storage_key(file.location)
+        if key is None:
+            return None
+        linked = self.link_file(header, file.relative_path, key, size=file.size)
+        if linked.size != file.size:
+            raise SyncIncomplete(
+                [file.relative_path],
+                f"{file.relative_path}: the object {key!r} holds {linked.size} bytes, not the "
+                f"{file.size} bytes that were synchronised",
+            )
+        return linked
 
     def _user(self, header: RunHeader) -> str:
         """The requesting user as Nexus names users (its preferred_username in the realm)."""
