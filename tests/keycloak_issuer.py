@@ -7,15 +7,21 @@ It serves what a token verifier reads from a Keycloak realm, under Keycloak's ow
 - ``/realms/{realm}/protocol/openid-connect/certs`` (the JWKS: ``kid``, ``alg``, ``use``; like
   Keycloak it also publishes an encryption key, ``use: enc``);
 - ``/realms/{realm}/protocol/openid-connect/userinfo`` (the groups of the token's subject, from
-  the issuer's own directory, after checking the bearer token).
+  the issuer's own directory, after checking the bearer token);
+- ``POST /realms/{realm}/protocol/openid-connect/token`` with ``grant_type=client_credentials``
+  (a confidential client's service account, ``add_client``; the client authenticates with HTTP
+  Basic or ``client_id``/``client_secret`` in the form, as Keycloak accepts both): Keycloak's
+  token response, or its ``invalid_client`` / ``unsupported_grant_type`` errors.
 
 It mints RS256 access tokens with Keycloak's claims and chosen lifetimes, rotates keys (a new
-``kid``; the old key kept or dropped), counts the requests of each endpoint, and can be made to
-fail (an HTTP status, a delay). Use it as a context manager, or call ``close()``.
+``kid``; the old key kept or dropped), counts the requests of each endpoint and the connections
+accepted, can close its kept-alive connections, and can be made to fail (an HTTP status, a
+delay). Use it as a context manager, or call ``close()``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -23,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -107,11 +114,13 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.accepted = 0
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
         with self.connections_lock:
             self.connections.add(connection)
+            self.accepted += 1
         return connection, address
 
     def shutdown_request(self, request: Any) -> None:
@@ -158,6 +167,17 @@ class _Handler(BaseHTTPRequestHandler):
         status, body = route()
         self._send(status, body)
 
+    def do_POST(self) -> None:
+        issuer = self.server.issuer
+        length = int(self.headers.get("Content-Length") or 0)
+        form = urllib.parse.parse_qs(self.rfile.read(length).decode("latin-1"))
+        if self.path.split("?", 1)[0] != f"/realms/{issuer.realm}/protocol/openid-connect/token":
+            self._send(404, {"error": "not found"})
+            return
+        fields = {name: values[0] for name, values in form.items() if values}
+        status, body = issuer._token(self.headers.get("Authorization", ""), fields)
+        self._send(status, body)
+
     def _send(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -193,6 +213,8 @@ class KeycloakIssuer:
         self.active = new_key()
         self.keys: list[SigningKey] = [self.active]
         self.encryption_key = new_key(alg="RSA-OAEP", use="enc")
+        #: Confidential clients with a service account: client id -> (secret, token lifetime).
+        self.clients: dict[str, tuple[str, float]] = {}
         #: The directory: groups of each subject, as /userinfo reports them.
         self.directory: dict[str, list[str]] = {}
         self.discovery_overrides: dict[str, Any] = {}
@@ -239,6 +261,15 @@ class KeycloakIssuer:
     def jwks_fetches(self) -> int:
         return self.requests["certs"]
 
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (a client keeping its connection alive opens one)."""
+        return self._server.accepted
+
+    def drop_connections(self) -> None:
+        """Close every open connection, as a server does with idle kept-alive ones."""
+        self._server.drop_connections()
+
     # ------------------------------------------------------------------ keys and tokens
 
     def rotate(self, *, keep_old: bool = True) -> SigningKey:
@@ -248,6 +279,15 @@ class KeycloakIssuer:
             self.keys = [*self.keys, key] if keep_old else [key]
             self.active = key
         return key
+
+    def add_client(self, client_id: str, secret: str, *, lifetime: float = 300) -> None:
+        """A confidential client whose service account gets tokens of ``lifetime`` seconds."""
+        self.clients[client_id] = (secret, lifetime)
+
+    @staticmethod
+    def service_account(client_id: str) -> str:
+        """The subject of a client's service account (stable per client)."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"service-account/{client_id}"))
 
     def set_groups(self, subject: str, groups: Iterable[str]) -> None:
         self.directory[subject] = list(groups)
@@ -379,7 +419,12 @@ class KeycloakIssuer:
             "userinfo_endpoint": f"{base}/userinfo",
             "end_session_endpoint": f"{base}/logout",
             "jwks_uri": f"{base}/certs",
-            "grant_types_supported": ["authorization_code", "refresh_token", "password"],
+            "grant_types_supported": [
+                "authorization_code",
+                "refresh_token",
+                "password",
+                "client_credentials",
+            ],
             "response_types_supported": ["code", "none", "id_token", "token"],
             "subject_types_supported": ["public", "pairwise"],
             "id_token_signing_alg_values_supported": self.advertised_algorithms,
@@ -416,6 +461,52 @@ class KeycloakIssuer:
             **self.userinfo_overrides,
         }
         return 200, info
+
+    def _token(self, authorization: str, form: Mapping[str, str]) -> tuple[int, Any]:
+        failing = self._enter("token")
+        if failing:
+            return failing, {"error": "unavailable"}
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credentials, validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                decoded = ""
+            user, _, password = decoded.partition(":")
+            client_id = urllib.parse.unquote(user)
+            secret = urllib.parse.unquote(password)
+        known = self.clients.get(client_id or "")
+        if known is None or not secret or secret != known[0]:
+            return 401, {
+                "error": "invalid_client",
+                "error_description": "Invalid client or Invalid client credentials",
+            }
+        if form.get("grant_type") != "client_credentials":
+            return 400, {
+                "error": "unsupported_grant_type",
+                "error_description": "Unsupported grant_type",
+            }
+        lifetime = known[1]
+        token = self.mint(
+            self.service_account(client_id or ""),
+            username=f"service-account-{client_id}",
+            azp=client_id,
+            lifetime=lifetime,
+        )
+        return 200, {
+            "access_token": token,
+            "expires_in": int(lifetime),
+            "refresh_expires_in": 0,
+            "token_type": "Bearer",
+            "not-before-policy": 0,
+            "scope": "profile email",
+        }
+
+    def check(self, token: str) -> dict[str, Any] | None:
+        """The claims of ``token`` if it is one of this realm's valid tokens, else None (what
+        a resource server that trusts this realm, e.g. Nexus, decides)."""
+        return self._check(token)
 
     def _check(self, token: str) -> dict[str, Any] | None:
         """The claims of one of this realm's valid tokens, or None (as Keycloak's userinfo)."""
