@@ -4,7 +4,8 @@ One reusable server for this API (``external-contracts.md`` section 7, and the r
 response bodies of ``/work/shared/reference/nexus-examples``, matched field by field): a stdlib
 ``ThreadingHTTPServer`` on 127.0.0.1, port 0, in a thread, speaking HTTP/1.1 with keep-alive.
 
-Every request needs ``Authorization: Bearer <token>`` of a known token (``TOKEN`` by default):
+Every request needs ``Authorization: Bearer <token>`` of a known token (``TOKEN`` by default),
+or one that ``tokens``, when it is a callable, authenticates (e.g. a test Keycloak realm's):
 otherwise 401 ``AuthenticationFailed``. Projects must exist (``create_project``): otherwise 404
 ``ProjectNotFound``. Errors are Delta's bodies: ``{"@context": ".../contexts/error.json",
 "@type", "reason"}`` (``IncorrectRev`` with ``provided`` and ``expected``).
@@ -179,7 +180,7 @@ class NexusServer:
     def __init__(
         self,
         *,
-        tokens: Mapping[str, str] | None = None,
+        tokens: Mapping[str, str] | Callable[[str], str | None] | None = None,
         base_uri: str | None = None,
         s3: Any = None,
         s3_storages: Mapping[str, str] | None = None,
@@ -187,7 +188,14 @@ class NexusServer:
         detect_no_change: bool = True,
         link_endpoint: bool = True,
     ) -> None:
-        self.tokens = dict(tokens if tokens is not None else {TOKEN: SERVICE_USER})
+        #: Whom each bearer token authenticates: known tokens (mutable), or, when ``tokens``
+        #: is a callable, whom it says (e.g. a realm checking its own tokens).
+        self.tokens: dict[str, str] = {}
+        self.authenticate: Callable[[str], str | None] = self._known
+        if callable(tokens):
+            self.authenticate = tokens
+        else:
+            self.tokens.update(tokens if tokens is not None else {TOKEN: SERVICE_USER})
         self.s3 = s3
         self.s3_storages = dict(s3_storages or {})
         self.default_storage = default_storage
@@ -258,6 +266,9 @@ class NexusServer:
                 self._idle.wait(left)
 
     # ---------------------------------------------------------------- test controls
+
+    def _known(self, token: str) -> str | None:
+        return self.tokens.get(token)
 
     def create_project(self, org: str, project: str) -> None:
         with self._lock:
@@ -1131,7 +1142,7 @@ class _Handler(BaseHTTPRequestHandler):
             if epoch != owner._epoch:  # reset while this request slept: it never happened
                 self._drop()
                 return
-        user = owner.tokens.get(_bearer(self.headers.get("Authorization")))
+        user = owner.authenticate(_bearer(self.headers.get("Authorization")))
         if user is None:
             record(401, None, parsed)
             self._reply(

@@ -28,7 +28,9 @@ the application keeps the run where it is and tries again later), carrying the s
 ``@type`` for the callers that tell refusals apart.
 
 The bearer token comes from ``token_provider`` (the service's own credentials, never the
-caller's), is asked for again at each attempt (so a refreshed token is picked up), and never
+caller's), is asked for again at each attempt (so a refreshed token is picked up; after a 401,
+a provider with ``invalidate()`` is told to forget its token and the request is sent once more
+with a fresh one before the refusal is reported), and never
 appears in a log record or an error message: messages are scrubbed of it, and no exception is
 chained to an httpx error (whose request carries the header).
 """
@@ -50,7 +52,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from obp_workflow.core.backoff import backoff_ceiling
-from obp_workflow.core.errors import ServiceUnavailable
+from obp_workflow.core.errors import DomainError, ServiceUnavailable
 from obp_workflow.core.identity import ProjectRef
 
 log = logging.getLogger(__name__)
@@ -387,6 +389,7 @@ class NexusClient:
         s = self.settings
         path = urlsplit(url).path
         last = ""
+        renewed = False
         for attempt in range(1, s.max_attempts + 1):
             token = self._token()
             sent_headers = dict(headers or {})
@@ -418,6 +421,14 @@ class NexusClient:
                 last = _scrub(f"{type(exc).__name__}: {exc}", token)
             else:
                 answer = _answer(response, s.max_retry_after_seconds)
+                if (
+                    answer.status == 401
+                    and not renewed
+                    and attempt < s.max_attempts
+                    and self._renew_token()
+                ):
+                    renewed = True  # a token Nexus no longer accepts: once with a fresh one
+                    continue
                 if answer.status in (401, 403):
                     raise NexusRefusal(
                         _scrub(
@@ -457,10 +468,20 @@ class NexusClient:
             f"Nexus refused to {doing} ({answer.describe()})", answer.status, answer.type
         )
 
+    def _renew_token(self) -> bool:
+        """Make the provider forget its token, if it can (``invalidate()``)."""
+        invalidate = getattr(self._token_provider, "invalidate", None)
+        if not callable(invalidate):
+            return False
+        invalidate()
+        return True
+
     def _token(self) -> str:
         try:
             token = self._token_provider()
-        except Exception as exc:  # the provider's message could hold a secret: name its type
+        except DomainError:
+            raise  # the service's own errors are written to hold no secret
+        except Exception as exc:  # another message could hold a secret: name its type only
             raise ServiceUnavailable(
                 f"the service's Nexus token could not be obtained ({type(exc).__name__})"
             ) from None
