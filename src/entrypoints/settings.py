@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Settings that must be given when the AWS adapters are wired.
@@ -16,6 +16,9 @@ AWS_REQUIRED = (
     "ecs_subnets",
     "provisioner_url",
     "keycloak_issuer",
+    "nexus_endpoint",
+    "service_client_id",
+    "service_client_secret_id",
 )
 
 
@@ -96,6 +99,68 @@ class Settings(BaseSettings):
     keycloak_groups_source: Literal["token", "userinfo"] = Field(
         "token", description="Where memberships come from: the groups claim or /userinfo."
     )
+    keycloak_token_url: str | None = Field(
+        None,
+        description="Token endpoint of the service's own client (default: the issuer's "
+        "/protocol/openid-connect/token).",
+    )
+    service_client_id: str | None = Field(
+        None,
+        description="Keycloak client of the service itself (client credentials): its "
+        "identity towards Nexus.",
+    )
+    service_client_secret_id: str | None = Field(
+        None, description="Secrets Manager name or ARN holding that client's secret."
+    )
+    # ---------------------------------------------------------------- Nexus
+    nexus_endpoint: str | None = Field(
+        None, description="Nexus Delta's API root, ending in /v1 (e.g. https://HOST/api/nexus/v1)."
+    )
+    nexus_public_base: str | None = Field(
+        None, description="Delta's public base URI, when it differs from the endpoint."
+    )
+    nexus_realm: str = Field("SBO", min_length=1, description="The realm as Nexus names it.")
+    nexus_org_template: str = Field(
+        "{virtual_lab_id}", description="Nexus organisation of a Virtual Lab project."
+    )
+    nexus_project_template: str = Field(
+        "{project_id}", description="Nexus project of a Virtual Lab project."
+    )
+    nexus_s3_storage: str | None = Field(
+        None, description="Nexus S3 storage over the Nexus data bucket (file links)."
+    )
+    nexus_s3_storage_bucket: str | None = Field(
+        None,
+        description="That storage's bucket: exported outputs there are linked as Nexus files "
+        "(default: OBP_LUSTRE_BUCKET).",
+    )
+    nexus_upload_storage: str | None = Field(
+        None, description="Nexus storage of direct uploads (default: the project's)."
+    )
+    nexus_link_mode: Literal["link", "legacy-files"] = Field(
+        "link", description="'link' (/v1/link/files, Delta >= 1.10) or 'legacy-files'."
+    )
+    # ---------------------------------------------------------------- the Lustre HSM export
+    hsm_jobs_root: str | None = Field(
+        None,
+        description="Folder of the sync jobs' scripts and logs on the head node, writable by "
+        "the admin identity (required with Lustre).",
+    )
+    hsm_wait_seconds: int = Field(
+        3 * 3600, ge=60, le=7 * 24 * 3600, description="How long a sync job waits for the HSM."
+    )
+    hsm_poll_seconds: float = Field(
+        10.0, gt=0, le=600, description="How often the sync job asks the HSM for its state."
+    )
+
+    @field_validator("nexus_endpoint")
+    @classmethod
+    def _nexus_root(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value.startswith(("https://", "http://")) or not value.rstrip("/").endswith("/v1")
+        ):
+            raise ValueError("must be Delta's API root: http(s)://..., ending in /v1")
+        return value
 
     @model_validator(mode="after")
     def _aws_needs(self) -> Settings:
@@ -103,6 +168,8 @@ class Settings(BaseSettings):
             missing = [name for name in AWS_REQUIRED if not getattr(self, name)]
             if self.provisioner_include_lustre and not self.lustre_bucket:
                 missing.append("lustre_bucket")
+            if self.provisioner_include_lustre and not self.hsm_jobs_root:
+                missing.append("hsm_jobs_root")
             if self.keycloak_issuer and not (
                 self.keycloak_audiences or self.keycloak_authorized_parties
             ):

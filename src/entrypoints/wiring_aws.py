@@ -1,29 +1,39 @@
-"""The AWS adapters, wired from settings. Imported only when ``OBP_ADAPTERS=aws`` (boto3 and
-its clients are not on the cold path of the in-memory service)."""
+"""The production adapters, wired from settings. Imported only when ``OBP_ADAPTERS=aws``.
+
+Each adapter is made by a small factory that imports its module when it is first built, so an
+entrypoint pays only for what it uses: the API Lambda never imports the Nexus adapter or the
+HSM synchronizer, and a request that needs no cluster never imports paramiko.
+
+The knowledge graph is Nexus, called with the service's own token (Keycloak client credentials,
+the client secret in Secrets Manager). Data sync routes each plan to its synchronizer: the
+Lustre HSM export (an elevated job over SSH, confirmed in the data bucket) or the direct upload
+into Nexus files.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from dependency_injector import containers, providers
 
-from obp_workflow.adapters.aws.dynamodb import DynamoRunRepository
-from obp_workflow.adapters.aws.ecs import EcsInstances, EcsTaskConfig
-from obp_workflow.adapters.aws.s3 import S3ObjectStore
-from obp_workflow.adapters.aws.secrets import SecretsManagerStore
-from obp_workflow.adapters.keycloak.verifier import KeycloakSettings, KeycloakTokenVerifier
 from obp_workflow.adapters.local.system import LogPublisher, SystemClock, UuidIds
-from obp_workflow.adapters.local.unwired import Unwired
-from obp_workflow.adapters.provisioner.http import (
-    HttpProvisioner,
-    ProvisionerSettings,
-    host_key_from_secrets,
-)
-from obp_workflow.adapters.ssh.connection import SshPool
-from obp_workflow.adapters.ssh.slurm import SlurmGateway
 from obp_workflow.entrypoints.settings import Settings
+
+if TYPE_CHECKING:
+    from obp_workflow.adapters.aws.ecs import EcsInstances, EcsTaskConfig
+    from obp_workflow.adapters.keycloak.service_token import ClientCredentials, ServiceTokens
+    from obp_workflow.adapters.keycloak.verifier import KeycloakSettings, KeycloakTokenVerifier
+    from obp_workflow.adapters.local.sync_router import SyncRouter
+    from obp_workflow.adapters.nexus.client import NexusSettings
+    from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
+    from obp_workflow.adapters.provisioner.http import HttpProvisioner, ProvisionerSettings
+    from obp_workflow.adapters.ssh.hsm import HsmSettings
+    from obp_workflow.adapters.ssh.slurm import SlurmGateway
+    from obp_workflow.ports.objects import ObjectStore
+    from obp_workflow.ports.runs import RunRepository
+    from obp_workflow.ports.secrets import SecretStore
 
 
 def client(session: boto3.session.Session, service: str, settings: Settings) -> Any:
@@ -37,7 +47,12 @@ def client(session: boto3.session.Session, service: str, settings: Settings) -> 
     )
 
 
+# ==================================================================== settings of each adapter
+
+
 def ecs_config(settings: Settings) -> EcsTaskConfig:
+    from obp_workflow.adapters.aws.ecs import EcsTaskConfig
+
     return EcsTaskConfig(
         cluster=settings.ecs_cluster or "",
         task_definition=settings.ecs_task_definition or "",
@@ -50,6 +65,8 @@ def ecs_config(settings: Settings) -> EcsTaskConfig:
 
 
 def provisioner_settings(settings: Settings) -> ProvisionerSettings:
+    from obp_workflow.adapters.provisioner.http import ProvisionerSettings
+
     return ProvisionerSettings(
         include_lustre=settings.provisioner_include_lustre,
         tier=settings.provisioner_tier,
@@ -58,9 +75,89 @@ def provisioner_settings(settings: Settings) -> ProvisionerSettings:
     )
 
 
+def keycloak_settings(settings: Settings) -> KeycloakSettings:
+    from obp_workflow.adapters.keycloak.verifier import KeycloakSettings
+
+    return KeycloakSettings(
+        issuer=settings.keycloak_issuer or "",
+        audiences=settings.split(settings.keycloak_audiences),
+        authorized_parties=settings.split(settings.keycloak_authorized_parties),
+        groups_source=settings.keycloak_groups_source,
+    )
+
+
+def service_credentials(settings: Settings) -> ClientCredentials:
+    from obp_workflow.adapters.keycloak.service_token import ClientCredentials
+    from obp_workflow.core.cluster import SecretRef
+
+    return ClientCredentials(
+        token_url=settings.keycloak_token_url
+        or ClientCredentials.token_url_of(settings.keycloak_issuer or ""),
+        client_id=settings.service_client_id or "",
+        client_secret=SecretRef(settings.service_client_secret_id or ""),
+    )
+
+
+def nexus_settings(settings: Settings) -> NexusSettings:
+    from obp_workflow.adapters.nexus.client import NexusSettings
+
+    return NexusSettings(
+        endpoint=settings.nexus_endpoint or "",
+        org_template=settings.nexus_org_template,
+        project_template=settings.nexus_project_template,
+        public_base=settings.nexus_public_base,
+        realm=settings.nexus_realm,
+        s3_storage=settings.nexus_s3_storage,
+        s3_storage_bucket=settings.nexus_s3_storage_bucket or settings.lustre_bucket or None,
+        upload_storage=settings.nexus_upload_storage,
+        link_mode=settings.nexus_link_mode,
+    )
+
+
+def hsm_settings(settings: Settings) -> HsmSettings:
+    from obp_workflow.adapters.ssh.hsm import HsmSettings
+
+    return HsmSettings(
+        jobs_root=settings.hsm_jobs_root or "",
+        wait_seconds=settings.hsm_wait_seconds,
+        poll_seconds=settings.hsm_poll_seconds,
+    )
+
+
+# ==================================================================== adapters
+
+
+def runs(settings: Settings, session: boto3.session.Session) -> RunRepository:
+    from obp_workflow.adapters.aws.dynamodb import DynamoRunRepository
+
+    return DynamoRunRepository(client(session, "dynamodb", settings), settings.runs_table or "")
+
+
+def instances(settings: Settings, session: boto3.session.Session) -> EcsInstances:
+    from obp_workflow.adapters.aws.ecs import EcsInstances
+
+    return EcsInstances(client(session, "ecs", settings), ecs_config(settings))
+
+
+def secrets(settings: Settings, session: boto3.session.Session) -> SecretStore:
+    from obp_workflow.adapters.aws.secrets import SecretsManagerStore
+
+    return SecretsManagerStore(
+        client(session, "secretsmanager", settings), settings.secrets_cache_seconds
+    )
+
+
+def objects(settings: Settings, session: boto3.session.Session) -> ObjectStore:
+    from obp_workflow.adapters.aws.s3 import S3ObjectStore
+
+    return S3ObjectStore(client(session, "s3", settings))
+
+
 def provisioner(
-    settings: Settings, session: boto3.session.Session, secrets: SecretsManagerStore
+    settings: Settings, session: boto3.session.Session, secrets: SecretStore
 ) -> HttpProvisioner:
+    from obp_workflow.adapters.provisioner.http import HttpProvisioner, host_key_from_secrets
+
     return HttpProvisioner.from_session(
         settings.provisioner_url or "",
         settings=provisioner_settings(settings),
@@ -70,17 +167,50 @@ def provisioner(
     )
 
 
-def keycloak_settings(settings: Settings) -> KeycloakSettings:
-    return KeycloakSettings(
-        issuer=settings.keycloak_issuer or "",
-        audiences=settings.split(settings.keycloak_audiences),
-        authorized_parties=settings.split(settings.keycloak_authorized_parties),
-        groups_source=settings.keycloak_groups_source,
+def cluster(secrets: SecretStore) -> SlurmGateway:
+    from obp_workflow.adapters.ssh.connection import SshPool
+    from obp_workflow.adapters.ssh.slurm import SlurmGateway
+
+    return SlurmGateway(SshPool(secrets))
+
+
+def tokens(settings: Settings) -> KeycloakTokenVerifier:
+    from obp_workflow.adapters.keycloak.verifier import KeycloakTokenVerifier
+
+    return KeycloakTokenVerifier(keycloak_settings(settings))
+
+
+def service_tokens(settings: Settings, secrets: SecretStore) -> ServiceTokens:
+    from obp_workflow.adapters.keycloak.service_token import ServiceTokens
+
+    return ServiceTokens(service_credentials(settings), secrets)
+
+
+def knowledge_graph(settings: Settings, token_provider: ServiceTokens) -> NexusKnowledgeGraph:
+    from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
+
+    return NexusKnowledgeGraph(nexus_settings(settings), token_provider)
+
+
+def synchronizer(
+    settings: Settings, gateway: SlurmGateway, objects: ObjectStore, graph: NexusKnowledgeGraph
+) -> SyncRouter:
+    """Lustre HSM export and direct upload; without Lustre settings the Lustre path refuses."""
+    from obp_workflow.adapters.local.sync_router import SyncRouter
+    from obp_workflow.adapters.local.unwired import Unwired
+    from obp_workflow.adapters.nexus.upload import NexusUploadSynchronizer
+    from obp_workflow.adapters.ssh.hsm import LustreHsmSynchronizer
+
+    lustre: Any = (
+        LustreHsmSynchronizer(gateway, objects, hsm_settings(settings))
+        if settings.hsm_jobs_root
+        else Unwired("the Lustre HSM export (OBP_HSM_JOBS_ROOT)")
     )
+    return SyncRouter(lustre=lustre, upload=NexusUploadSynchronizer(gateway, graph))
 
 
 class AwsAdapters(containers.DeclarativeContainer):
-    """Every port on its production adapter that exists today."""
+    """Every port on its production adapter."""
 
     settings = providers.Dependency(instance_of=Settings)
     session = providers.Singleton(boto3.session.Session, region_name=settings.provided.aws_region)
@@ -88,27 +218,13 @@ class AwsAdapters(containers.DeclarativeContainer):
     clock = providers.Singleton(SystemClock)
     ids = providers.Singleton(UuidIds)
     events = providers.Singleton(LogPublisher)
-    runs = providers.Singleton(
-        DynamoRunRepository,
-        providers.Factory(client, session, "dynamodb", settings),
-        settings.provided.runs_table,
-    )
-    instances = providers.Singleton(
-        EcsInstances,
-        providers.Factory(client, session, "ecs", settings),
-        providers.Factory(ecs_config, settings),
-    )
-    secrets = providers.Singleton(
-        SecretsManagerStore,
-        providers.Factory(client, session, "secretsmanager", settings),
-        settings.provided.secrets_cache_seconds,
-    )
-    objects = providers.Singleton(S3ObjectStore, providers.Factory(client, session, "s3", settings))
+    runs = providers.Singleton(runs, settings, session)
+    instances = providers.Singleton(instances, settings, session)
+    secrets = providers.Singleton(secrets, settings, session)
+    objects = providers.Singleton(objects, settings, session)
     provisioner = providers.Singleton(provisioner, settings, session, secrets)
-    cluster = providers.Singleton(SlurmGateway, providers.Singleton(SshPool, secrets))
-    tokens = providers.Singleton(
-        KeycloakTokenVerifier, providers.Factory(keycloak_settings, settings)
-    )
-    # Registration and data sync come with their production adapters (Nexus, Lustre HSM).
-    knowledge_graph = providers.Singleton(Unwired, "the knowledge graph (Nexus)")
-    synchronizer = providers.Singleton(Unwired, "data synchronisation")
+    cluster = providers.Singleton(cluster, secrets)
+    tokens = providers.Singleton(tokens, settings)
+    service_tokens = providers.Singleton(service_tokens, settings, secrets)
+    knowledge_graph = providers.Singleton(knowledge_graph, settings, service_tokens)
+    synchronizer = providers.Singleton(synchronizer, settings, cluster, objects, knowledge_graph)

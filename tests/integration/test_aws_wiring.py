@@ -1,49 +1,102 @@
 """The composition root with OBP_ADAPTERS=aws, against a real moto server: the settings select
-the production adapters, and a submitted run lands in DynamoDB and starts one ECS task."""
+the production adapters, a submitted run lands in DynamoDB and starts one ECS task, and the
+knowledge graph registers with the service's own token (client credentials from the test
+Keycloak realm, the client secret in moto's Secrets Manager) on the Nexus test server."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
 from obp_workflow.adapters.aws.dynamodb import DynamoRunRepository, create_table
 from obp_workflow.adapters.aws.ecs import EcsInstances
 from obp_workflow.adapters.keycloak.verifier import KeycloakTokenVerifier
-from obp_workflow.adapters.local.unwired import Unwired
+from obp_workflow.adapters.local.sync_router import SyncRouter
+from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
+from obp_workflow.adapters.nexus.upload import NexusUploadSynchronizer
 from obp_workflow.adapters.provisioner.http import HttpProvisioner
+from obp_workflow.adapters.ssh.hsm import LustreHsmSynchronizer
 from obp_workflow.adapters.ssh.slurm import SlurmGateway
-from obp_workflow.core.errors import ServiceUnavailable
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState
+from obp_workflow.core.sync import SyncedFile, SyncOutcome
 from obp_workflow.entrypoints.bootstrap import Service, build
-from obp_workflow.entrypoints.settings import load_settings
+from obp_workflow.entrypoints.settings import SettingsError, load_settings
+from obp_workflow.ports.knowledge_graph import RunProvenance
+from tests.contract.harness import T0, make_header
 from tests.contract.harness_aws import EcsInstancesHarness, aws_client, moto
+from tests.keycloak_issuer import KeycloakIssuer
+from tests.nexus_server import NexusServer
 
 VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
 PROJECT = ProjectRef.parse(VLAB, "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20")
 ADA = Principal("subject-ada", "ada", parse_groups([f"/proj/{VLAB}/{PROJECT.project_id}/member"]))
 
 
+SERVICE_CLIENT = "obp-workflow-service"
+CLIENT_SECRET = "wiring-test-client-secret-5b9e"  # a test credential
+NEXUS_PUBLIC = "https://nexus.wiring.test/v1"
+
+
 @pytest.fixture
-def aws_service() -> Iterator[Service]:
+def realm() -> Iterator[KeycloakIssuer]:
+    with KeycloakIssuer() as issuer:
+        issuer.add_client(SERVICE_CLIENT, CLIENT_SECRET)
+        yield issuer
+
+
+@pytest.fixture
+def nexus(realm: KeycloakIssuer) -> Iterator[NexusServer]:
+    def authenticate(token: str) -> str | None:
+        claims = realm.check(token)
+        return None if claims is None else f"{NEXUS_PUBLIC}/realms/obp/users/{claims['sub']}"
+
+    server = NexusServer(base_uri=NEXUS_PUBLIC, tokens=authenticate).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def aws_settings(realm: KeycloakIssuer, nexus: NexusServer) -> dict[str, object]:
+    """Every setting the aws family needs but ECS's (the harness makes those)."""
+    return {
+        "adapters": "aws",
+        "aws_endpoint_url": moto().endpoint,
+        "runs_table": "obp-runs",
+        "provisioner_url": "https://provisioner.invalid/production",
+        "lustre_bucket": "nexus-data",
+        "keycloak_issuer": realm.issuer,
+        "keycloak_audiences": "account",
+        "service_client_id": SERVICE_CLIENT,
+        "service_client_secret_id": "obp/workflow-client",
+        "nexus_endpoint": nexus.endpoint,
+        "nexus_public_base": nexus.base,
+        "nexus_realm": "obp",
+        "hsm_jobs_root": "/home/obpadmin/obp-sync",
+    }
+
+
+@pytest.fixture
+def aws_service(realm: KeycloakIssuer, nexus: NexusServer) -> Iterator[Service]:
     ecs = EcsInstancesHarness()  # a moto ECS cluster, task definition, VPC, subnet and group
     try:
         create_table(aws_client("dynamodb"), "obp-runs")
+        secrets = aws_client("secretsmanager")
+        try:
+            secrets.create_secret(Name="obp/workflow-client", SecretString=CLIENT_SECRET)
+        except secrets.exceptions.ResourceExistsException:
+            secrets.put_secret_value(SecretId="obp/workflow-client", SecretString=CLIENT_SECRET)
         settings = load_settings(
-            adapters="aws",
-            aws_endpoint_url=moto().endpoint,
-            runs_table="obp-runs",
+            **aws_settings(realm, nexus),
             ecs_cluster=ecs.config.cluster,
             ecs_task_definition=ecs.config.task_definition,
             ecs_container_name=ecs.config.container_name,
             ecs_subnets=",".join(ecs.config.subnets),
             ecs_security_groups=",".join(ecs.config.security_groups),
-            provisioner_url="https://provisioner.invalid/production",
-            lustre_bucket="nexus-data",
-            keycloak_issuer="https://keycloak.invalid/realms/obp",
-            keycloak_audiences="account",
         )
         yield build(settings)
     finally:
@@ -56,9 +109,14 @@ def test_the_aws_settings_select_the_production_adapters(aws_service: Service) -
     assert isinstance(aws_service.provisioner(), HttpProvisioner)
     assert isinstance(aws_service.gateway(), SlurmGateway)
     assert isinstance(aws_service.tokens(), KeycloakTokenVerifier)
-    # Not yet production adapters: they refuse, they do not pretend.
-    for unwired in (aws_service.knowledge_graph(), aws_service.synchronizer()):
-        assert isinstance(unwired, Unwired)
+    graph = aws_service.knowledge_graph()
+    assert isinstance(graph, NexusKnowledgeGraph)
+    assert graph.settings.s3_storage_bucket == "nexus-data"  # the Lustre data bucket
+    sync = aws_service.synchronizer()
+    assert isinstance(sync, SyncRouter)
+    assert isinstance(sync.lustre, LustreHsmSynchronizer)
+    assert isinstance(sync.upload, NexusUploadSynchronizer)
+    assert sync.upload.graph is graph
 
 
 def test_a_run_submitted_on_aws_is_stored_and_starts_one_instance(aws_service: Service) -> None:
@@ -74,6 +132,38 @@ def test_a_run_submitted_on_aws_is_stored_and_starts_one_instance(aws_service: S
     assert len(tasks["taskArns"]) == 1
 
 
-def test_registration_is_refused_until_wired(aws_service: Service) -> None:
-    with pytest.raises(ServiceUnavailable, match="not configured"):
-        aws_service.knowledge_graph().withdraw(None)  # type: ignore[arg-type]
+def test_registration_goes_to_nexus_with_the_services_own_token(
+    aws_service: Service, realm: KeycloakIssuer, nexus: NexusServer
+) -> None:
+    graph = aws_service.knowledge_graph()
+    header = make_header(PROJECT)
+    nexus.create_project(*graph.project_for(PROJECT))
+    provenance = RunProvenance(
+        header=header,
+        cluster_name="pcluster-0b7e2d41",
+        job_id="4242",
+        started_at=T0,
+        ended_at=T0 + timedelta(hours=1),
+        outcome=SyncOutcome("nexus-upload", (SyncedFile("a.h5", 3, "s3://elsewhere/a.h5"),)),
+    )
+    registration = graph.register(provenance)
+    assert nexus.source(registration.activity_id) is not None
+    assert realm.requests["token"] == 1  # the client-credentials grant, once
+    writers = {r.user for r in nexus.requests if r.status in (200, 201)}
+    assert writers == {f"{NEXUS_PUBLIC}/realms/obp/users/{realm.service_account(SERVICE_CLIENT)}"}
+
+
+def test_missing_aws_settings_are_named_all_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(adapters="aws", lustre_bucket="b")
+    message = str(caught.value)
+    for variable in (
+        "OBP_RUNS_TABLE",
+        "OBP_NEXUS_ENDPOINT",
+        "OBP_SERVICE_CLIENT_ID",
+        "OBP_SERVICE_CLIENT_SECRET_ID",
+        "OBP_HSM_JOBS_ROOT",
+    ):
+        assert variable in message
+    with pytest.raises(SettingsError, match=r"OBP_NEXUS_ENDPOINT: .*ending in /v1"):
+        load_settings(nexus_endpoint="https://nexus.example.org/api")
