@@ -6,11 +6,8 @@ verifier finds everything through the realm's discovery document, as in producti
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-import httpx
 
 from obp_workflow.adapters.keycloak.verifier import KeycloakSettings, KeycloakTokenVerifier
 from obp_workflow.core.identity import Membership, Principal
@@ -29,25 +26,11 @@ def group_path(membership: Membership) -> str:
     return f"/proj/{membership.virtual_lab_id}/{membership.project_id}/{role}"
 
 
-_http: httpx.Client | None = None
-_http_lock = threading.Lock()
-
-
-def shared_http() -> httpx.Client:
-    """One HTTP client for every harness of the session (a new one loads the CA bundle)."""
-    global _http  # noqa: PLW0603 (a lazily created session-wide client)
-    with _http_lock:
-        if _http is None:
-            _http = httpx.Client()
-        return _http
-
-
 class KeycloakVerifierHarness:
     def __init__(self) -> None:
         self.issuer = KeycloakIssuer()
         self.keycloak = KeycloakTokenVerifier(
-            KeycloakSettings(issuer=self.issuer.issuer, authorized_parties=(CLIENT_ID,)),
-            http=shared_http(),
+            KeycloakSettings(issuer=self.issuer.issuer, authorized_parties=(CLIENT_ID,))
         )
         self.verifier: TokenVerifier = self.keycloak
 

@@ -1,10 +1,10 @@
 """Keycloak access tokens, verified locally against the realm's published keys.
 
 The verifier reads the realm's discovery document (``{issuer}/.well-known/openid-configuration``)
-and its JWKS once, keeps the keys, and verifies each token with PyJWT: signature, issuer,
-audience or authorized party, lifetime. Memberships come from the token's ``groups`` claim or,
-when configured, from the realm's ``/userinfo`` endpoint (called with the token; the answer is
-cached per token hash until the token expires).
+and its JWKS once, keeps the keys, and verifies each token: its signature (:mod:`.jws`, on
+cryptography's primitives), issuer, audience or authorized party, lifetime. Memberships come
+from the token's ``groups`` claim or, when configured, from the realm's ``/userinfo`` endpoint
+(called with the token; the answer is cached per token hash until the token expires).
 
 Rules that hold for every token:
 - the answer to any bad token is ``Unauthenticated()`` with the same fixed message; the reason
@@ -15,12 +15,12 @@ Rules that hold for every token:
   flood of junk tokens cannot turn into a flood of requests to Keycloak;
 - a failed JWKS fetch keeps the keys already known (it is logged as a warning).
 
-The module stays cheap to import (the Lambda authorizer's cold start): jwt and httpx only.
+The module stays cheap to import (the Lambda authorizer's cold start): cryptography's asymmetric
+primitives (:mod:`.jws`) and the standard library's ``http.client`` (:mod:`.fetch`), nothing else.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -31,17 +31,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import httpx
-import jwt
-
+from obp_workflow.adapters.keycloak import jws
+from obp_workflow.adapters.keycloak.fetch import FetchFailed as _FetchFailed
+from obp_workflow.adapters.keycloak.fetch import JsonClient
 from obp_workflow.core.errors import Unauthenticated
 from obp_workflow.core.identity import Principal, parse_groups
 from obp_workflow.ports.identity import TokenVerifier
-
-if TYPE_CHECKING:
-    from jwt.types import Options
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +65,6 @@ _ED_CURVES = frozenset({"Ed25519", "Ed448"})
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _B64URL = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-}
-
-#: The claims are checked here, with the injected clock and the configured leeway.
-_SIGNATURE_ONLY: Options = {
-    "verify_signature": True,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iat": False,
-    "verify_aud": False,
-    "verify_iss": False,
-    "verify_sub": False,
-    "verify_jti": False,
-    "enforce_minimum_key_length": True,  # an RSA key under 2048 bits is refused
 }
 
 
@@ -162,17 +146,13 @@ class _Refused(Exception):
         self.reason = reason
 
 
-class _FetchFailed(Exception):
-    """A document could not be fetched or read; the reason holds no secret."""
-
-
 @dataclass(frozen=True)
 class _Key:
     kid: str
     kty: str
     alg: str | None
     crv: str | None
-    key: Any
+    key: jws.PublicKey
 
     def accepts(self, alg: str) -> bool:
         if self.alg is not None and self.alg != alg:
@@ -191,22 +171,22 @@ class KeycloakTokenVerifier(TokenVerifier):
 
     Nothing is fetched at construction; call ``warm_up()`` at start-up to fetch the keys early.
     ``clock`` (seconds since the epoch) drives both the token lifetimes and the JWKS intervals.
+    The realm's documents are read over kept-alive connections (:class:`.fetch.JsonClient`);
+    ``close()`` closes them.
     """
 
     def __init__(
         self,
         settings: KeycloakSettings,
         *,
-        http: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._clock = clock
-        self._http = http
-        self._owns_http = http is None
-        self._http_lock = threading.Lock()
-        self._timeout = httpx.Timeout(
-            settings.read_timeout_seconds, connect=settings.connect_timeout_seconds
+        self._http = JsonClient(
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=settings.read_timeout_seconds,
+            max_bytes=settings.max_document_bytes,
         )
         # Discovery (read once, when an endpoint is not configured).
         self._discovered = False
@@ -245,9 +225,8 @@ class KeycloakTokenVerifier(TokenVerifier):
         return self._keys is not None
 
     def close(self) -> None:
-        if self._owns_http and self._http is not None:
-            self._http.close()
-            self._http = None
+        """Close the connections to the realm (a later token opens a new one if needed)."""
+        self._http.close()
 
     # ------------------------------------------------------------------ the checks
 
@@ -259,7 +238,8 @@ class KeycloakTokenVerifier(TokenVerifier):
             raise _Refused("token too large")
         if not _COMPACT_JWS.fullmatch(token):
             raise _Refused("not a compact JWS")
-        if not _canonical_b64url(token.rsplit(".", 1)[1]):
+        signing_input, _, signature = token.rpartition(".")
+        if not _canonical_b64url(signature):
             raise _Refused("non-canonical signature encoding")
         header = _header(token)
         alg, kid = header.get("alg"), header.get("kid")
@@ -267,11 +247,17 @@ class KeycloakTokenVerifier(TokenVerifier):
             raise _Refused("algorithm not accepted")
         if not isinstance(kid, str) or not kid or len(kid) > 256:
             raise _Refused("no usable kid")
+        if "crit" in header or header.get("b64", True) is not True:
+            # No JWS extension is understood here (RFC 7515 §4.1.11; RFC 7797's b64).
+            raise _Refused("critical header extension")
         key = self._key_for(kid, alg)
-        try:
-            claims = jwt.decode(token, key.key, algorithms=[alg], options=_SIGNATURE_ONLY)
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise _Refused(f"signature or payload rejected ({type(exc).__name__})") from None
+        if jws.key_too_short(key.key):
+            raise _Refused("key too short")
+        if not jws.signature_valid(
+            alg, key.key, signing_input.encode("ascii"), jws.b64url_decode(signature)
+        ):
+            raise _Refused("bad signature")
+        claims = _payload(signing_input.partition(".")[2])
         now = self._clock()
         subject, exp = self._check_claims(claims, now)
         if settings.groups_source == "userinfo":
@@ -448,41 +434,9 @@ class KeycloakTokenVerifier(TokenVerifier):
 
     # ------------------------------------------------------------------ HTTP
 
-    def _client(self) -> httpx.Client:
-        client = self._http
-        if client is None:
-            with self._http_lock:
-                if self._http is None:
-                    self._http = httpx.Client(follow_redirects=False)
-                client = self._http
-        return client
-
     def _get_json(self, url: str, *, bearer: str | None = None) -> dict[str, Any]:
         """A JSON object from ``url``; _FetchFailed (with a secret-free reason) otherwise."""
-        headers = {"Accept": "application/json"}
-        if bearer is not None:
-            headers["Authorization"] = f"Bearer {bearer}"
-        limit = self._settings.max_document_bytes
-        body = bytearray()
-        try:
-            with self._client().stream(
-                "GET", url, headers=headers, timeout=self._timeout
-            ) as response:
-                if response.status_code != 200:
-                    raise _FetchFailed(f"HTTP {response.status_code} from {url}")
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise _FetchFailed(f"more than {limit} bytes from {url}")
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-            raise _FetchFailed(f"{type(exc).__name__} from {url}") from None
-        try:
-            document = json.loads(body)
-        except ValueError:
-            raise _FetchFailed(f"no JSON from {url}") from None
-        if not isinstance(document, dict):
-            raise _FetchFailed(f"no JSON object from {url}")
-        return document
+        return self._http.get_json(url, bearer=bearer)
 
 
 def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[_Key, ...]]:
@@ -502,9 +456,9 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[_Key, ...]]:
         ):
             continue
         try:
-            key = jwt.PyJWK(entry).key
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
-            log.debug("skipped an unreadable JWKS entry (%s)", type(exc).__name__)
+            key = jws.public_key(entry)
+        except jws.JwkError as exc:
+            log.debug("skipped an unreadable JWKS entry (%s)", exc)
             continue
         crv = entry.get("crv")
         found.setdefault(kid, []).append(
@@ -514,15 +468,25 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[_Key, ...]]:
 
 
 def _header(token: str) -> dict[str, Any]:
-    """The JOSE header, read here: PyJWT parses the whole token once more when verifying."""
-    segment = token[: token.index(".")]
+    """The JOSE header: a JSON object, in canonical base64url."""
     try:
-        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except ValueError as exc:  # binascii.Error, JSONDecodeError, UnicodeDecodeError
+        header = json.loads(jws.canonical_b64url_decode(token[: token.index(".")]))
+    except (ValueError, RecursionError) as exc:  # base64, JSON or UTF-8
         raise _Refused(f"unreadable header ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise _Refused("header is not an object")
     return header
+
+
+def _payload(segment: str) -> dict[str, Any]:
+    """The claims (read once the signature is known good): a JSON object."""
+    try:
+        claims = json.loads(jws.canonical_b64url_decode(segment))
+    except (ValueError, RecursionError) as exc:
+        raise _Refused(f"unreadable payload ({type(exc).__name__})") from None
+    if not isinstance(claims, dict):
+        raise _Refused("payload is not an object")
+    return claims
 
 
 def _canonical_b64url(segment: str) -> bool:
