@@ -8,13 +8,19 @@
    venv, and with the runtime dependencies only (``deps: runtime``: the packages that only the
    dev extra brings, e.g. werkzeug, yaml, click, rich, are made unimportable, as they are absent
    from a Lambda package built from the service's requirements; optional imports of them fail
-   at once). Reported: the whole process (interpreter start to exit), the import, the first
-   invocation (which builds what the handler needs), and the largest imports (``-X importtime``).
+   at once); and in the Lambda package itself (``deps: package``: the service and its runtime
+   dependencies installed into one folder, compiled, run by a clean virtual environment of the
+   base interpreter, so that nothing but the standard library and that folder is importable).
+   Reported: the whole process (interpreter start to exit), the import, the first invocation
+   (which builds what the handler needs), and the largest imports (``-X importtime``).
    - authorizer: a REQUEST event whose token the default fake verifier does not know: the first
      call builds the token verifier alone and verifies, then raises ``Unauthorized`` (the same
      path as a valid token, up to the verifier's lookup);
-   - authorizer (aws): the same with ``OBP_ADAPTERS=aws`` and Keycloak settings: the Keycloak
-     verifier is built (httpx, PyJWT) and refuses the token before any request to Keycloak;
+   - authorizer (aws): ``OBP_ADAPTERS=aws`` with a valid token minted by the Keycloak-shaped test
+     issuer (``tests/keycloak_issuer.py``, served by this script on loopback over plain HTTP):
+     the first call builds the Keycloak verifier, reads the realm's discovery document and its
+     JWKS, checks the signature and the claims, and returns the policy. Not measured: a TLS
+     handshake and the network's round trips to a real Keycloak;
    - API: ``POST .../runs`` with an authorizer context: validation, the application, the
      in-memory repository, the run view and its response validation.
 2. Warm latency in one process: p50/p99 of ``--requests`` calls of each handler, container
@@ -36,19 +42,24 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from obp_workflow.adapters.fake.simple import StaticTokenVerifier
-from obp_workflow.core.identity import Principal, parse_groups
-from obp_workflow.entrypoints import lambda_api, lambda_authorizer
-from obp_workflow.entrypoints.bootstrap import build
-from obp_workflow.entrypoints.settings import load_settings
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.keycloak_issuer import KeycloakIssuer  # noqa: E402
+
+from obp_workflow.adapters.fake.simple import StaticTokenVerifier  # noqa: E402
+from obp_workflow.core.identity import Principal, parse_groups  # noqa: E402
+from obp_workflow.entrypoints import lambda_api, lambda_authorizer  # noqa: E402
+from obp_workflow.entrypoints.bootstrap import build  # noqa: E402
+from obp_workflow.entrypoints.settings import load_settings  # noqa: E402
+
 BASE_PYTHON = os.path.join(sys.base_prefix, "bin", "python3")
 PYTHON = sys.executable
 
@@ -76,6 +87,18 @@ try:
     module.handler(event, None)
 except Exception as exc:
     assert str(exc) == "Unauthorized", exc
+t2 = time.perf_counter()
+print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000})
+""",
+    "authorizer (valid token)": """
+import time
+t0 = time.perf_counter()
+from obp_workflow.entrypoints import lambda_authorizer as module
+t1 = time.perf_counter()
+event = {"type": "REQUEST", "methodArn": %(arn)r, "headers": {"Authorization": %(bearer)r}}
+answer = module.handler(event, None)
+assert answer["principalId"] == %(subject)r, answer
+assert answer["context"]["memberships"] == %(groups)r, answer
 t2 = time.perf_counter()
 print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000})
 """,
@@ -129,17 +152,32 @@ def percentile(values: Sequence[float], q: float) -> float:
 # ================================================================ cold start
 
 
-#: The settings of the ``authorizer (aws)`` runs (no request is made to this issuer).
-AWS_TOKENS = {
-    "OBP_ADAPTERS": "aws",
-    "OBP_KEYCLOAK_ISSUER": "https://keycloak.example/realms/obp",
-    "OBP_KEYCLOAK_AUDIENCES": "workflow",
-}
-HANDLERS: dict[str, tuple[str, dict[str, str]]] = {
-    "authorizer": ("authorizer", {}),
-    "authorizer (aws)": ("authorizer", AWS_TOKENS),
-    "api": ("api", {}),
-}
+SUBJECT = "3f1c2a9e-0000-4000-8000-0000000000b0"
+GROUPS = f"/proj/{VLAB}/{PROJECT}/member"
+AUDIENCE = "workflow"
+
+
+@dataclass(frozen=True)
+class Handler:
+    child: str  # the key of CHILD
+    settings: dict[str, str]
+    token: str = ""
+
+
+def handlers(issuer: KeycloakIssuer) -> dict[str, Handler]:
+    """The measured handlers; ``authorizer (aws)`` trusts ``issuer`` and gets one of its tokens
+    (valid for an hour: longer than the script runs)."""
+    keycloak = {
+        "OBP_ADAPTERS": "aws",
+        "OBP_KEYCLOAK_ISSUER": issuer.issuer,
+        "OBP_KEYCLOAK_AUDIENCES": AUDIENCE,
+    }
+    token = issuer.mint(SUBJECT, groups=[GROUPS], audience=AUDIENCE, lifetime=3600)
+    return {
+        "authorizer": Handler("authorizer", {}),
+        "authorizer (aws)": Handler("authorizer (valid token)", keycloak, token),
+        "api": Handler("api", {}),
+    }
 
 
 def dev_only_modules() -> list[str]:
@@ -195,27 +233,41 @@ def lambda_package(dest: str) -> str:
     return dest
 
 
+def clean_interpreter(dest: str) -> str:
+    """A virtual environment of the base interpreter with nothing installed: the standard
+    library only, and no ``.pth`` file of any installation run at start-up (as in Lambda's
+    runtime, which adds the package folder to the path)."""
+    subprocess.run(
+        [BASE_PYTHON, "-m", "venv", "--without-pip", dest], check=True, capture_output=True
+    )
+    return os.path.join(dest, "bin", "python")
+
+
 def cold_once(
-    handler: str,
+    handler: Handler,
     *,
     bytecode: bool,
     cache_dir: str,
     hidden: Sequence[str] = (),
-    package: str | None = None,
+    package: tuple[str, str] | None = None,
 ) -> dict[str, float]:
-    child, settings = HANDLERS[handler]
-    code = HIDE % {"hidden": list(hidden)} + CHILD[child] % {
+    """One fresh interpreter; ``package``: (the clean interpreter, the package folder)."""
+    code = HIDE % {"hidden": list(hidden)} + CHILD[handler.child] % {
         "arn": METHOD_ARN,
         "event": api_event("POST", RUNS, REQUEST),
+        "bearer": f"Bearer {handler.token}",
+        "subject": SUBJECT,
+        "groups": GROUPS,
     }
-    env = child_env(bytecode=bytecode, cache_dir=cache_dir, settings=settings)
+    env = child_env(bytecode=bytecode, cache_dir=cache_dir, settings=handler.settings)
+    python = PYTHON
     if package is not None:
-        env["PYTHONPATH"] = package  # the base interpreter, the package folder, nothing else
+        python, env["PYTHONPATH"] = package  # the standard library and the package, nothing else
     start = time.perf_counter()
     out = subprocess.run(
-        [BASE_PYTHON if package else PYTHON, "-c", code],
+        [python, "-c", code],
         env=env,
-        cwd=package or REPO,
+        cwd=package[1] if package else REPO,
         capture_output=True,
         text=True,
         check=True,
@@ -226,12 +278,12 @@ def cold_once(
     return result
 
 
-def interpreter_alone(runs: int) -> float:
+def interpreter_alone(runs: int, python: str = PYTHON) -> float:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         subprocess.run(
-            [PYTHON, "-c", "pass"], check=True, env=child_env(bytecode=True, cache_dir="")
+            [python, "-c", "pass"], check=True, env=child_env(bytecode=True, cache_dir="")
         )
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
@@ -273,21 +325,31 @@ def largest_imports(code: str, top: int = 6, after: str = "pass") -> list[tuple[
 
 def cold(runs: int) -> None:
     print(f"### Cold start (fresh interpreter; median of {runs} runs)\n")
-    base = interpreter_alone(runs)
-    print(f"Interpreter alone (`python -c pass`, venv): {base:.1f} ms.\n")
-    print(
-        "deps: `venv` the development venv; `runtime` the same with development-only packages "
-        "made unimportable; `package` the Lambda package itself (a non-editable install of the "
-        "service and its runtime dependencies into one folder, compiled, on the base "
-        "interpreter).\n"
-    )
     hidden = dev_only_modules()
-    print("| handler | bytecode | deps | process (ms) | import (ms) | first call (ms) |")
-    print("|---|---|---|---:|---:|---:|")
-    variants = [(True, "venv"), (False, "venv"), (True, "runtime"), (True, "package")]
-    with tempfile.TemporaryDirectory() as empty, tempfile.TemporaryDirectory() as folder:
-        package = lambda_package(os.path.join(folder, "package"))
-        for handler in HANDLERS:
+    with (
+        tempfile.TemporaryDirectory() as empty,
+        tempfile.TemporaryDirectory() as folder,
+        KeycloakIssuer() as issuer,
+    ):
+        package = (
+            clean_interpreter(os.path.join(folder, "python")),
+            lambda_package(os.path.join(folder, "package")),
+        )
+        venv, clean = interpreter_alone(runs), interpreter_alone(runs, package[0])
+        print(
+            f"Interpreter alone (`python -c pass`): {venv:.1f} ms in the venv, {clean:.1f} ms "
+            "in the clean environment of the package rows.\n"
+        )
+        print(
+            "deps: `venv` the development venv; `runtime` the same with development-only "
+            "packages made unimportable; `package` the Lambda package itself (a non-editable "
+            "install of the service and its runtime dependencies into one folder, compiled, run "
+            "by a clean virtual environment of the base interpreter).\n"
+        )
+        print("| handler | bytecode | deps | process (ms) | import (ms) | first call (ms) |")
+        print("|---|---|---|---:|---:|---:|")
+        variants = [(True, "venv"), (False, "venv"), (True, "runtime"), (True, "package")]
+        for name, handler in handlers(issuer).items():
             cold_once(handler, bytecode=True, cache_dir=empty)  # writes any missing .pyc
             for bytecode, deps in variants:
                 hide = hidden if deps == "runtime" else ()
@@ -303,7 +365,7 @@ def cold(runs: int) -> None:
                 ]
                 med = {k: statistics.median(r[k] for r in results) for k in results[0]}
                 print(
-                    f"| {handler} | {'.pyc' if bytecode else 'none'} | {deps} "
+                    f"| {name} | {'.pyc' if bytecode else 'none'} | {deps} "
                     f"| {med['process_ms']:.0f} | {med['import_ms']:.0f} "
                     f"| {med['first_call_ms']:.1f} |"
                 )
@@ -312,7 +374,11 @@ def cold(runs: int) -> None:
         "the authorizer module": "import obp_workflow.entrypoints.lambda_authorizer",
         "the authorizer's first call (the fake token verifier)": (
             "import obp_workflow.entrypoints.lambda_authorizer, obp_workflow.entrypoints.tokens, "
-            "obp_workflow.adapters.fake.simple"
+            "obp_workflow.adapters.fake.tokens"
+        ),
+        "the authorizer's first call (the Keycloak verifier)": (
+            "import obp_workflow.entrypoints.lambda_authorizer, obp_workflow.entrypoints.tokens, "
+            "obp_workflow.adapters.keycloak.verifier"
         ),
         "the API module": "import obp_workflow.entrypoints.lambda_api",
         "the composition root (the API's first call, beyond the API module)": (

@@ -1,7 +1,9 @@
 """The Lambda authorizer's cold path: what a fresh interpreter imports for one invocation.
 
 A structural check (which packages are loaded), not a timing: the authorizer builds only its
-token verifier (``entrypoints.tokens``), never the composition root.
+token verifier (``entrypoints.tokens``), never the composition root; with the Keycloak verifier,
+a valid token (discovery, JWKS and the signature included) needs neither an HTTP client library
+nor PyJWT, nor cryptography's X.509 and serialisation modules.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,6 +23,7 @@ from obp_workflow.entrypoints.tokens import (
     build_token_verifier,
     load_token_settings,
 )
+from tests.keycloak_issuer import KeycloakIssuer
 
 #: Never on the authorizer's cold path, whichever adapters are wired.
 HEAVY = (
@@ -31,6 +35,14 @@ HEAVY = (
     "dependency_injector",
     "aws_lambda_powertools",
 )
+#: Not on the Keycloak verifier's path either (a full HTTP client, PyJWT and what it imports).
+KEYCLOAK_HEAVY = (
+    "httpx",
+    "jwt",
+    "urllib.request",
+    "cryptography.x509",
+    "cryptography.hazmat.primitives.serialization",
+)
 
 COLD_CALL = """
 import json, sys
@@ -38,28 +50,34 @@ from obp_workflow.entrypoints import lambda_authorizer
 event = {
     "type": "REQUEST",
     "methodArn": "arn:aws:execute-api:eu-north-1:123456789012:abc123/prod/GET/v1/x",
-    "headers": {"Authorization": "Bearer cold"},
+    "headers": {"Authorization": "Bearer " + sys.argv[1]},
 }
 try:
-    lambda_authorizer.handler(event, None)
+    answer = lambda_authorizer.handler(event, None)
 except Exception as exc:
     assert str(exc) == "Unauthorized", exc
+    assert sys.argv[2] == "refused"
 else:
-    raise AssertionError("an unknown token was accepted")
+    assert sys.argv[2] == "allowed", answer
+    assert answer["principalId"] == "cold-user", answer
 print(json.dumps(sorted(sys.modules)))
 """
 
-AWS = {
-    "OBP_ADAPTERS": "aws",
-    "OBP_KEYCLOAK_ISSUER": "https://keycloak.example/realms/obp",
-    "OBP_KEYCLOAK_AUDIENCES": "workflow",
-}
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[KeycloakIssuer]:
+    with KeycloakIssuer() as realm:
+        yield realm
 
 
-def cold_modules(environment: dict[str, str]) -> set[str]:
+def cold_modules(environment: dict[str, str], token: str, outcome: str) -> set[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBP_")} | environment
     out = subprocess.run(
-        [sys.executable, "-c", COLD_CALL], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", COLD_CALL, token, outcome],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -68,16 +86,32 @@ def loaded(modules: set[str], *names: str) -> set[str]:
     return {m for m in modules for n in names if m == n or m.startswith(n + ".")}
 
 
-@pytest.mark.parametrize("environment", [{}, AWS], ids=["fake", "aws"])
-def test_the_authorizers_first_call_imports_no_heavy_package(environment: dict[str, str]) -> None:
-    modules = cold_modules(environment)
+@pytest.mark.parametrize("family", ["fake", "aws"])
+def test_the_authorizers_first_call_imports_no_heavy_package(
+    family: str, issuer: KeycloakIssuer
+) -> None:
+    if family == "aws":
+        environment = {
+            "OBP_ADAPTERS": "aws",
+            "OBP_KEYCLOAK_ISSUER": issuer.issuer,
+            "OBP_KEYCLOAK_AUDIENCES": "workflow",
+        }
+        token = issuer.mint("cold-user", audience="workflow")
+        requests = dict(issuer.requests)
+        modules = cold_modules(environment, token, "allowed")
+        # The valid token's whole path was taken: discovery, keys, signature.
+        assert issuer.requests["discovery"] == requests.get("discovery", 0) + 1
+        assert issuer.requests["certs"] == requests.get("certs", 0) + 1
+    else:
+        modules = cold_modules({}, "cold", "refused")  # the fake family knows no token
 
     assert loaded(modules, *HEAVY) == set()
     composition_root = ("obp_workflow.entrypoints.bootstrap", "obp_workflow.entrypoints.settings")
     assert loaded(modules, *composition_root) == set()
     assert "obp_workflow.entrypoints.tokens" in modules  # the path under test was taken
     keycloak = loaded(modules, "obp_workflow.adapters.keycloak")
-    assert bool(keycloak) == (environment == AWS)
+    assert bool(keycloak) == (family == "aws")
+    assert loaded(modules, *KEYCLOAK_HEAVY) == set()
 
 
 def test_the_fake_family_builds_a_verifier_that_knows_no_token() -> None:
