@@ -31,17 +31,23 @@ PROBLEM_TYPE_BASE = "https://openbrainplatform.org/problems/workflow/"
 PROBLEM_JSON = "application/problem+json"
 
 
+class _Model(BaseModel):
+    """Every model here: its validator is built on first use, not on import."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 # ================================================================ problems (RFC 9457)
 
 
-class FieldProblem(BaseModel):
+class FieldProblem(_Model):
     """One rejected value: where it was (``body.resources.nodes``, ``query.limit``) and why."""
 
     field: str
     rule: str
 
 
-class Problem(BaseModel):
+class Problem(_Model):
     """An error, as RFC 9457 problem details. ``type`` is stable per kind of error."""
 
     type: str = Field(description="A URI naming the kind of problem; stable, safe to branch on.")
@@ -102,19 +108,19 @@ def internal_error() -> Problem:
 # ================================================================ runs
 
 
-class RequesterView(BaseModel):
+class RequesterView(_Model):
     subject: str
     username: str
 
 
-class StaleView(BaseModel):
+class StaleView(_Model):
     """The cluster has not answered about this run since ``since``; the run is not failed."""
 
     since: AwareDatetime
     reason: str
 
 
-class TimelineEntry(BaseModel):
+class TimelineEntry(_Model):
     """One recorded change of the run, with its reason."""
 
     version: int
@@ -125,7 +131,7 @@ class TimelineEntry(BaseModel):
     reason: str
 
 
-class JobView(BaseModel):
+class JobView(_Model):
     """The run's job on the project's cluster."""
 
     cluster_name: str | None
@@ -136,14 +142,14 @@ class JobView(BaseModel):
     signal: int | None
 
 
-class SyncedFileView(BaseModel):
+class SyncedFileView(_Model):
     path: str
     size: int
     location: str
     digest: str | None
 
 
-class SyncView(BaseModel):
+class SyncView(_Model):
     """How the run's outputs left the cluster."""
 
     kind: str | None
@@ -154,12 +160,12 @@ class SyncView(BaseModel):
     files: list[SyncedFileView]
 
 
-class KnowledgeGraphView(BaseModel):
+class KnowledgeGraphView(_Model):
     activity_id: str | None
     entity_ids: list[str]
 
 
-class RunView(BaseModel):
+class RunView(_Model):
     """A run, whole: its request, where it is, and how it got there."""
 
     run_id: str
@@ -185,7 +191,7 @@ class RunView(BaseModel):
     timeline: list[TimelineEntry]
 
 
-class RunSummary(BaseModel):
+class RunSummary(_Model):
     """A run, in a listing."""
 
     run_id: str
@@ -201,21 +207,21 @@ class RunSummary(BaseModel):
     failure_reason: str | None
 
 
-class RunPage(BaseModel):
+class RunPage(_Model):
     runs: list[RunSummary]
     next_cursor: str | None = Field(
         description="Pass as `cursor` (with the same filter) for the next page; null at the end."
     )
 
 
-class RunLog(BaseModel):
+class RunLog(_Model):
     run_id: str
     max_bytes: int
     text: str = Field(description="The end of the job's log (empty before the job exists).")
 
 
-class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CancelRequest(_Model):
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     reason: str = Field("", max_length=500)
 
@@ -223,7 +229,7 @@ class CancelRequest(BaseModel):
 # ================================================================ instances and health
 
 
-class InstanceDetail(BaseModel):
+class InstanceDetail(_Model):
     instance_id: str
     status: str
     live: bool
@@ -231,7 +237,7 @@ class InstanceDetail(BaseModel):
     stop_reason: str | None
 
 
-class InstanceView(BaseModel):
+class InstanceView(_Model):
     """The project's workflow container instance (null when none was ever started)."""
 
     virtual_lab_id: str
@@ -239,7 +245,7 @@ class InstanceView(BaseModel):
     instance: InstanceDetail | None
 
 
-class Health(BaseModel):
+class Health(_Model):
     status: Literal["ok"]
 
 

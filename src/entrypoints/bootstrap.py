@@ -1,7 +1,9 @@
 """The composition root: one place where ports meet adapters, used by every entrypoint.
 
 Nothing is built at import time: ``build(settings)`` makes a container, and its providers make
-each adapter the first time it is needed.
+each adapter the first time it is needed. The adapter families live in their own modules
+(:mod:`.wiring_fake`, :mod:`.wiring_aws`), imported when asked for: the production service never
+imports the in-memory adapters, nor the tests and the demo the AWS ones.
 """
 
 from __future__ import annotations
@@ -11,17 +13,6 @@ from typing import Any
 
 from dependency_injector import containers, providers
 
-from obp_workflow.adapters.fake.cluster import FakeCluster
-from obp_workflow.adapters.fake.knowledge_graph import InMemoryKnowledgeGraph
-from obp_workflow.adapters.fake.provisioner import FakeProvisioner
-from obp_workflow.adapters.fake.runs import InMemoryRunRepository
-from obp_workflow.adapters.fake.simple import (
-    InMemoryInstances,
-    InMemorySecretStore,
-    StaticTokenVerifier,
-)
-from obp_workflow.adapters.fake.sync import FakeDataSynchronizer, InMemoryBucket
-from obp_workflow.adapters.local.system import LogPublisher, SystemClock, UuidIds
 from obp_workflow.application.service import ServicePolicy, WorkflowService
 from obp_workflow.core.sync import SyncLimits
 from obp_workflow.entrypoints.settings import Settings
@@ -81,29 +72,14 @@ class Service(containers.DeclarativeContainer):
     )
 
 
-class FakeAdapters(containers.DeclarativeContainer):
-    """Every port in memory: the whole service in one process, for tests and the demo."""
-
-    clock = providers.Singleton(SystemClock)
-    ids = providers.Singleton(UuidIds)
-    events = providers.Singleton(LogPublisher)
-    runs = providers.Singleton(InMemoryRunRepository)
-    provisioner = providers.Singleton(FakeProvisioner)
-    cluster = providers.Singleton(FakeCluster, auto_progress=True)
-    bucket = providers.Singleton(InMemoryBucket)
-    knowledge_graph = providers.Singleton(InMemoryKnowledgeGraph)
-    synchronizer = providers.Singleton(FakeDataSynchronizer, cluster, bucket, knowledge_graph)
-    instances = providers.Singleton(InMemoryInstances, clock)
-    secrets = providers.Singleton(InMemorySecretStore)
-    tokens = providers.Singleton(StaticTokenVerifier)
-
-
 def adapters_for(settings: Settings) -> containers.DeclarativeContainer:
-    """The adapter family ``settings.adapters`` names (AWS imported only when asked for)."""
+    """The adapter family ``settings.adapters`` names, its module imported only when asked for."""
     if settings.adapters == "aws":
         from obp_workflow.entrypoints.wiring_aws import AwsAdapters
 
         return AwsAdapters(settings=providers.Object(settings))
+    from obp_workflow.entrypoints.wiring_fake import FakeAdapters
+
     return FakeAdapters()
 
 

@@ -7,7 +7,7 @@ the same names, defaults and rules as :class:`~obp_workflow.entrypoints.settings
 builds only the verifier that :mod:`~obp_workflow.entrypoints.bootstrap` would wire:
 
 - ``fake``: a :class:`~obp_workflow.adapters.fake.tokens.StaticTokenVerifier` that knows no
-  token (every token is refused), as ``FakeAdapters.tokens``;
+  token (every token is refused), as ``wiring_fake.FakeAdapters.tokens``;
 - ``aws``: a :class:`~obp_workflow.adapters.keycloak.verifier.KeycloakTokenVerifier`, as
   ``AwsAdapters.tokens``.
 
