@@ -11,8 +11,11 @@
    at once); and in the Lambda package itself (``deps: package``: the service and its runtime
    dependencies installed into one folder, compiled, run by a clean virtual environment of the
    base interpreter, so that nothing but the standard library and that folder is importable).
-   Reported: the whole process (interpreter start to exit), the import, the first invocation
-   (which builds what the handler needs), and the largest imports (``-X importtime``).
+   Reported: the time to the first answer (from starting the interpreter to the end of the
+   first invocation: what a Lambda cold start costs, as the runtime never tears the interpreter
+   down after it), the whole process (the same, plus the interpreter's exit), the import, the
+   first invocation (which builds what the handler needs), and the largest imports
+   (``-X importtime``).
    - authorizer: a REQUEST event whose token the default fake verifier does not know: the first
      call builds the token verifier alone and verifies, then raises ``Unauthorized`` (the same
      path as a valid token, up to the verifier's lookup);
@@ -88,7 +91,7 @@ try:
 except Exception as exc:
     assert str(exc) == "Unauthorized", exc
 t2 = time.perf_counter()
-print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000})
+print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000, "at": time.monotonic()})
 """,
     "authorizer (valid token)": """
 import time
@@ -100,7 +103,7 @@ answer = module.handler(event, None)
 assert answer["principalId"] == %(subject)r, answer
 assert answer["context"]["memberships"] == %(groups)r, answer
 t2 = time.perf_counter()
-print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000})
+print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000, "at": time.monotonic()})
 """,
     "api": """
 import time
@@ -111,7 +114,7 @@ event = %(event)r
 response = module.handler(event, None)
 assert response["statusCode"] == 202, response
 t2 = time.perf_counter()
-print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000})
+print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000, "at": time.monotonic()})
 """,
 }
 
@@ -263,7 +266,7 @@ def cold_once(
     python = PYTHON
     if package is not None:
         python, env["PYTHONPATH"] = package  # the standard library and the package, nothing else
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.monotonic()
     out = subprocess.run(
         [python, "-c", code],
         env=env,
@@ -275,6 +278,8 @@ def cold_once(
     total = (time.perf_counter() - start) * 1000
     result: dict[str, float] = eval(out.stdout.strip().splitlines()[-1])  # our own child's dict
     result["process_ms"] = total
+    # CLOCK_MONOTONIC is one clock for every process of the machine.
+    result["answer_ms"] = (result.pop("at") - started_at) * 1000
     return result
 
 
@@ -346,8 +351,11 @@ def cold(runs: int) -> None:
             "install of the service and its runtime dependencies into one folder, compiled, run "
             "by a clean virtual environment of the base interpreter).\n"
         )
-        print("| handler | bytecode | deps | process (ms) | import (ms) | first call (ms) |")
-        print("|---|---|---|---:|---:|---:|")
+        print(
+            "| handler | bytecode | deps | to first answer (ms) | process (ms) | import (ms) "
+            "| first call (ms) |"
+        )
+        print("|---|---|---|---:|---:|---:|---:|")
         variants = [(True, "venv"), (False, "venv"), (True, "runtime"), (True, "package")]
         for name, handler in handlers(issuer).items():
             cold_once(handler, bytecode=True, cache_dir=empty)  # writes any missing .pyc
@@ -366,7 +374,7 @@ def cold(runs: int) -> None:
                 med = {k: statistics.median(r[k] for r in results) for k in results[0]}
                 print(
                     f"| {name} | {'.pyc' if bytecode else 'none'} | {deps} "
-                    f"| {med['process_ms']:.0f} | {med['import_ms']:.0f} "
+                    f"| {med['answer_ms']:.0f} | {med['process_ms']:.0f} | {med['import_ms']:.0f} "
                     f"| {med['first_call_ms']:.1f} |"
                 )
     print()

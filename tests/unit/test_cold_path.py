@@ -165,3 +165,48 @@ def test_every_wrong_token_setting_is_named(
         load_token_settings(environment)
 
     assert str(error.value) == "invalid configuration:\n  " + "\n  ".join(expected)
+
+
+API_COLD_CALL = """
+import json, sys
+from obp_workflow.entrypoints import lambda_api
+headers = {"Content-Type": "application/json"}
+vlab, project = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10", "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
+path = f"/v1/virtual-labs/{vlab}/projects/{project}/runs"
+event = {
+    "resource": "/{proxy+}",
+    "path": path,
+    "httpMethod": "POST",
+    "headers": headers,
+    "multiValueHeaders": {k: [v] for k, v in headers.items()},
+    "requestContext": {
+        "authorizer": {
+            "subject": "cold-user",
+            "username": "cold",
+            "memberships": f"/proj/{vlab}/{project}/member",
+        },
+    },
+    "body": json.dumps({"name": "cold", "command": ["true"], "outputs": ["out.h5"]}),
+    "isBase64Encoded": False,
+}
+response = lambda_api.handler(event, None)
+assert response["statusCode"] == 202, response
+print(json.dumps(sorted(sys.modules)))
+"""
+
+#: Never on the API's first call with the in-memory adapters.
+API_HEAVY = ("boto3", "botocore.client", "paramiko", "luigi", "httpx", "jwt", "cryptography")
+
+
+def test_the_apis_first_call_with_fake_adapters_imports_no_production_adapter() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBP_")}
+    out = subprocess.run(
+        [sys.executable, "-c", API_COLD_CALL], env=env, capture_output=True, text=True, check=True
+    )
+    modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    assert loaded(modules, *API_HEAVY) == set()
+    adapters = loaded(modules, "obp_workflow.adapters")
+    families = {m.split(".")[2] for m in adapters if m.count(".") > 1}
+    assert families <= {"fake", "local"}
+    assert "obp_workflow.entrypoints.bootstrap" in modules  # the composition root was built
