@@ -439,6 +439,7 @@ class WorkflowService:
         assert run.sync_outcome is not None
         assert run.job_id is not None
         started = _entered(run, RunState.RUNNING, default=_entered(run, RunState.QUEUED))
+        cluster = self._cluster(run.project)
         provenance = RunProvenance(
             header=run.header,
             cluster_name=run.cluster_name or "",
@@ -447,6 +448,7 @@ class WorkflowService:
             ended_at=_entered(run, RunState.SYNCING),
             outcome=run.sync_outcome,
             exit_code=run.exit_code,
+            accounting=self.gateway.accounting(cluster, run.job_id, run.header.tag),
         )
         try:
             registration = self.knowledge_graph.register(provenance)

@@ -132,3 +132,58 @@ def parse_exit_code(text: str) -> tuple[int | None, int | None]:
         return int(code), int(sig or 0)
     except ValueError:
         return None, None
+
+
+@dataclass(frozen=True)
+class JobAccounting:
+    """A finished job's record in the scheduler's accounting (Slurm: ``sacct``), as the
+    provenance of a run reports it. Times are as the scheduler printed them (its local time)."""
+
+    job_id: str
+    state: JobState
+    exit_code: int | None
+    signal: int | None
+    nodes: int | None
+    node_list: str
+    elapsed_seconds: int | None
+    started: str | None
+    ended: str | None
+    name: str = ""
+    submitted: str | None = None
+    raw: str = ""
+
+
+#: The ``sacct --format`` that :func:`parse_accounting_line` reads (JobName may hold ``|``:
+#: it comes last but one, and Submit never does).
+ACCOUNTING_FIELDS = "JobID,State,ExitCode,NNodes,NodeList,ElapsedRaw,Start,End,JobName,Submit"
+
+
+def parse_accounting_line(line: str) -> JobAccounting | None:
+    """``JobID|State|ExitCode|NNodes|NodeList|ElapsedRaw|Start|End|JobName|Submit``
+    (``sacct -X -P``, :data:`ACCOUNTING_FIELDS`); None for a line that is not one. Unknown and
+    empty values (``Unknown``, ``None assigned``) are None or empty."""
+    parts = line.strip().split("|", 8)
+    if len(parts) != 9 or "|" not in parts[8] or not parts[0].strip().isdigit():
+        return None
+    name, _, submit = parts[8].rpartition("|")
+    job_id, state, exit_code, nodes, node_list, elapsed, start, end = (p.strip() for p in parts[:8])
+    name, submit = name.strip(), submit.strip()
+    code, signal = parse_exit_code(exit_code)
+    return JobAccounting(
+        job_id=job_id,
+        state=JobState.parse(state),
+        exit_code=code,
+        signal=signal,
+        nodes=int(nodes) if nodes.isdigit() else None,
+        node_list="" if node_list in ("", "None assigned") else node_list,
+        elapsed_seconds=int(elapsed) if elapsed.isdigit() else None,
+        started=_slurm_time(start),
+        ended=_slurm_time(end),
+        name=name,
+        submitted=_slurm_time(submit),
+        raw=line.strip(),
+    )
+
+
+def _slurm_time(text: str) -> str | None:
+    return None if text in ("", "Unknown", "None") else text

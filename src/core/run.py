@@ -26,6 +26,9 @@ from obp_workflow.core.jobs import JobObservation, JobPhase
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.sync import SyncOutcome
 
+#: Every job the service submits is named (and commented) with this prefix and its run id.
+TAG_PREFIX = "obp-"
+
 
 class RunState(Enum):
     ACCEPTED = "ACCEPTED"
@@ -107,7 +110,7 @@ class RunHeader:
     @property
     def tag(self) -> str:
         """The scheduler tag (job name and comment) that finds this run's job again."""
-        return f"obp-{self.run_id}"
+        return f"{TAG_PREFIX}{self.run_id}"
 
 
 @dataclass(frozen=True)

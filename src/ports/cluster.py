@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from obp_workflow.core.cluster import ClusterHandle, KeyRole, ProvisioningStatus
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.jobs import JobObservation
+from obp_workflow.core.jobs import JobAccounting, JobObservation
 from obp_workflow.core.jobspec import JobSpec
 
 
@@ -54,6 +54,16 @@ class ClusterGateway(Protocol):
     @abstractmethod
     def poll(self, cluster: ClusterHandle, job_ids: Sequence[str]) -> Mapping[str, JobObservation]:
         """The state of many jobs at once, one entry per id (UNKNOWN when not found)."""
+
+    @abstractmethod
+    def accounting(
+        self, cluster: ClusterHandle, job_id: str, tag: str | None = None
+    ) -> JobAccounting | None:
+        """The job's record in the scheduler's accounting (nodes, elapsed time, exit code), or
+        None when accounting does not know the job. Accounting may hold older jobs with the
+        same id (a controller whose state was reset, a cluster re-created on the same
+        accounting database): with ``tag``, only the job of that name counts; without, the
+        last one submitted. ClusterUnreachable when the cluster cannot tell."""
 
     @abstractmethod
     def cancel(self, cluster: ClusterHandle, job_id: str, role: KeyRole = KeyRole.USER) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from obp_workflow.core.jobs import JobAccounting
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import SyncOutcome
 
@@ -21,6 +22,8 @@ class RunProvenance:
     ended_at: datetime
     outcome: SyncOutcome
     exit_code: int | None = None
+    #: The job's record in the scheduler's accounting, when the scheduler keeps one.
+    accounting: JobAccounting | None = None
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,38 @@ def test_a_purged_finished_job_still_resolves_from_accounting(
     assert obs.exit_code == code
     assert obs.source == "sacct"
     assert h.gateway.find_by_tag(h.cluster, job.tag) == job_id
+    record = h.gateway.accounting(h.cluster, job_id, job.tag)  # accounting never forgets
+    assert record is not None
+    assert (record.state, record.exit_code, record.nodes) == (state, code, 1)
+
+
+@pytest.mark.parametrize(
+    ("ending", "state", "code"),
+    [(Ending.COMPLETE, JobState.COMPLETED, 0), (Ending.FAIL_3, JobState.FAILED, 3)],
+    ids=["completed", "failed-3"],
+)
+def test_accounting_records_a_finished_jobs_nodes_elapsed_time_and_exit_code(
+    cluster_harness: ClusterHarness, ending: Ending, state: JobState, code: int
+) -> None:
+    h = cluster_harness
+    job, job_id = finished(h, ending)
+    record = h.gateway.accounting(h.cluster, job_id)
+    assert record is not None
+    assert record == h.gateway.accounting(h.cluster, job_id, job.tag)
+    assert h.gateway.accounting(h.cluster, job_id, "obp-another-run-0000") is None
+    assert record.job_id == job_id
+    assert record.name == job.tag
+    assert record.state is state
+    assert (record.exit_code, record.signal) == (code, 0)
+    assert record.nodes == 1  # what the request asked for
+    assert record.node_list
+    assert record.elapsed_seconds is not None
+    assert record.elapsed_seconds >= 0
+
+
+def test_accounting_of_a_job_nobody_submitted_is_none(cluster_harness: ClusterHarness) -> None:
+    h = cluster_harness
+    assert h.gateway.accounting(h.cluster, "987654321") is None
 
 
 # ==================================================================== lost reply, adoption
@@ -261,6 +293,7 @@ CALLS: dict[str, Callable[[ClusterHarness, Job, str], Any]] = {
     "find_by_tag": lambda h, job, _id: h.gateway.find_by_tag(h.cluster, job.tag),
     "poll": lambda h, job, job_id: h.gateway.poll(h.cluster, [job_id, "987654321"]),
     "cancel": lambda h, job, job_id: h.gateway.cancel(h.cluster, job_id),
+    "accounting": lambda h, job, job_id: h.gateway.accounting(h.cluster, job_id),
     "tail_log": lambda h, job, _id: h.gateway.tail_log(h.cluster, job.folder, 100),
     "list_outputs": lambda h, job, _id: h.gateway.list_outputs(h.cluster, job.folder),
     # A stream: the error may come with the first chunk, never as an empty stream.

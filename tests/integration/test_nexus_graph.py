@@ -8,6 +8,7 @@ The adapter's sleeps are recorded, not slept, except where a test needs real tim
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ from obp_workflow.adapters.fake.knowledge_graph import activity_id, entity_id
 from obp_workflow.adapters.nexus.client import NexusRefusal, NexusSettings
 from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
 from obp_workflow.core.errors import ServiceUnavailable, SyncIncomplete
+from obp_workflow.core.jobs import parse_accounting_line
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import SyncedFile, SyncOutcome
 from obp_workflow.ports.knowledge_graph import KnowledgeGraph, RunProvenance
@@ -162,7 +164,11 @@ def test_the_activity_and_its_entities_are_json_ld_with_prov_links(nexus: NexusS
             return f"https://openbrainplatform.org/workflow/x/runs/{h.run_id}/outputs/{path}/file"
         return f"s3://{BUCKET}/runs/{h.run_id}/{path}"
 
-    prov = provenance(header, location=located)
+    record = parse_accounting_line(
+        "4242|COMPLETED|0:0|2|node-[01-02]|7105|2026-03-01T12:01:40|2026-03-01T13:59:25|"
+        "obp-run|2026-03-01T12:01:02"
+    )
+    prov = dataclasses.replace(provenance(header, location=located), accounting=record)
     g = graph_for(nexus)
     reg = g.graph.register(prov)
 
@@ -182,6 +188,19 @@ def test_the_activity_and_its_entities_are_json_ld_with_prov_links(nexus: NexusS
     assert act["elapsed"] == "PT7170S"
     assert (act["clusterName"], act["jobId"], act["exitCode"]) == ("pcluster-aaaaaaaa", "4242", 0)
     assert act["generated"] == list(reg.entity_ids)
+    assert act["slurmAccounting"] == {
+        "@type": "SlurmAccounting",
+        "jobId": "4242",
+        "state": "COMPLETED",
+        "nodes": 2,
+        "nodeList": "node-[01-02]",
+        "exitCode": 0,
+        "signal": 0,
+        "elapsed": "PT7105S",
+        "start": "2026-03-01T12:01:40",
+        "end": "2026-03-01T13:59:25",
+    }
+    assert context["nodes"] == {"@id": "obp:nodes", "@type": "xsd:integer"}
     assert act["wasAssociatedWith"]["@id"] == "https://openbrainplatform.org/workflow/service"
     assert "SoftwareAgent" in act["wasAssociatedWith"]["@type"]
     user = f"{PUBLIC_BASE}/realms/SBO/users/alice"

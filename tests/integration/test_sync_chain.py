@@ -148,9 +148,14 @@ def content_of(run: SimulationRun, relative_path: str) -> bytes:
     return f"{run.run_id}:{relative_path}:".encode()
 
 
-def sacct(job_id: str, fields: str) -> list[str]:
-    line = slurm("sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", f"--format={fields}")
-    return line.strip().split("\n")[0].split("|")
+def sacct(job_id: str, name: str, fields: str) -> list[str]:
+    """The accounting record of the job ``job_id`` named ``name``, once slurmdbd holds it
+    (until then it keeps a placeholder named "allocation")."""
+    argv = ["sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", f"--name={name}"]
+    wait_until(lambda: slurm(*argv).strip() != "", 30, f"the accounting of job {job_id}")
+    lines = slurm(*argv, f"--format={fields}").strip().split("\n")
+    assert len(lines) == 1, lines
+    return lines[0].split("|")
 
 
 def test_a_run_on_a_lustre_cluster_ends_linked_in_nexus_with_its_provenance(
@@ -163,12 +168,12 @@ def test_a_run_on_a_lustre_cluster_ends_linked_in_nexus_with_its_provenance(
     # Slurm: the simulation ran as the user, the sync job as the admin, both accounted.
     assert run.job_id is not None
     assert run.sync_job_id is not None
-    assert sacct(run.job_id, "State,User,JobName") == [
+    assert sacct(run.job_id, run.header.tag, "State,User,JobName") == [
         "COMPLETED",
         stack().user("sim"),
         run.header.tag,
     ]
-    assert sacct(run.sync_job_id, "State,User,JobName") == [
+    assert sacct(run.sync_job_id, f"{run.header.tag}-sync-1", "State,User,JobName") == [
         "COMPLETED",
         stack().user("admin"),
         f"{run.header.tag}-sync-1",
@@ -190,6 +195,11 @@ def test_a_run_on_a_lustre_cluster_ends_linked_in_nexus_with_its_provenance(
     assert activity["exitCode"] == 0
     assert activity["syncKind"] == "lustre-hsm"
     assert activity["clusterName"] == stack().cluster_name
+    accounting = activity["slurmAccounting"]  # the scheduler's own record of the job
+    assert (accounting["jobId"], accounting["state"]) == (run.job_id, "COMPLETED")
+    assert (accounting["nodes"], accounting["exitCode"]) == (1, 0)
+    assert accounting["nodeList"]
+    assert accounting["elapsed"].startswith("PT")
     assert activity["wasAttributedTo"]["identifier"] == USER.subject
     for path, entity_id in zip(OUTPUTS, entity_ids, strict=True):
         data = content_of(run, path)

@@ -57,6 +57,9 @@ EVIDENCED_FAILURES = (
     "outputs could not be synchronised",
     "outputs could not be registered",
 )
+#: A failure the rules can cause without a fault: simulated time passes faster than the
+#: pipeline is advanced, and the provisioner still says "in progress" past the deadline.
+TIMED_OUT = "the project's cluster was not ready after"
 
 
 class Crash(Exception):
@@ -286,7 +289,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
             reason = run.failure_reason or ""
             job = self.cluster.jobs.get(run.job_id or "")
             by_job = job is not None and job.state in FAILURE_STATES
-            assert by_job or reason.startswith(EVIDENCED_FAILURES), reason
+            assert by_job or reason.startswith((*EVIDENCED_FAILURES, TIMED_OUT)), reason
             assert "unreachable" not in reason.lower(), reason
 
     @invariant()
@@ -323,6 +326,9 @@ class ApplicationWithFaults(RuleBasedStateMachine):
             if run.state is RunState.DONE:
                 assert len(jobs) == 1
                 assert run.kg_activity_id in self.graph.resources
+                _rev, activity = self.graph.resources[run.kg_activity_id]
+                assert activity["accounting"]["exitCode"] == 0  # the scheduler's record
+                assert activity["jobId"] == run.job_id
             if run.state is RunState.DONE and run.sync_kind == "lustre-hsm":
                 assert run.sync_outcome is not None
                 for file in run.sync_outcome.files:  # linked: a file of the graph
@@ -331,6 +337,8 @@ class ApplicationWithFaults(RuleBasedStateMachine):
                     )
             if run_id in self.vanished and run.state is RunState.FAILED:
                 assert (run.failure_reason or "").startswith("outputs could not be registered")
+            elif run.state is RunState.FAILED and (run.failure_reason or "").startswith(TIMED_OUT):
+                event("failed: the cluster was not ready in time")
             elif run_id not in self.cancel_requested and run_id not in self.doomed:
                 assert run.state is RunState.DONE, (run_id, run.state, run.failure_reason)
             if run.state is RunState.CANCELLED and run_id not in self.cancel_requested:

@@ -8,7 +8,7 @@ from obp_workflow.adapters.ssh.connection import Budget, load_private_key
 from obp_workflow.adapters.ssh.slurm import confined, parse_sacct_line, parse_squeue_line
 from obp_workflow.core.cluster import SecretRef
 from obp_workflow.core.errors import ClusterAccessDenied, InvalidRequest
-from obp_workflow.core.jobs import JobPhase, JobState
+from obp_workflow.core.jobs import JobAccounting, JobPhase, JobState, parse_accounting_line
 
 EVERY_STATE = [s for s in JobState if s is not JobState.UNKNOWN]
 
@@ -94,3 +94,56 @@ def test_a_secret_that_is_not_a_key_is_refused_naming_the_reference_only() -> No
         load_private_key(secret, SecretRef("arn:aws:secretsmanager:x:secret:cluster-user"))
     assert "cluster-user" in refused.value.message
     assert "not really" not in refused.value.message
+
+
+# ==================================================================== accounting records
+
+
+def test_an_accounting_line_gives_nodes_elapsed_and_exit_code() -> None:
+    line = (
+        "4242|COMPLETED|0:0|2|node-[01-02]|3725|2026-11-25T17:40:01|2026-11-25T18:42:06|"
+        "obp-run-1|2026-11-25T17:39:58"
+    )
+    record = parse_accounting_line(line)
+    assert record == JobAccounting(
+        job_id="4242",
+        state=JobState.COMPLETED,
+        exit_code=0,
+        signal=0,
+        nodes=2,
+        node_list="node-[01-02]",
+        elapsed_seconds=3725,
+        started="2026-11-25T17:40:01",
+        ended="2026-11-25T18:42:06",
+        name="obp-run-1",
+        submitted="2026-11-25T17:39:58",
+        raw=line,
+    )
+
+
+def test_an_accounting_line_of_a_job_that_never_ran_has_no_nodes_or_end() -> None:
+    record = parse_accounting_line(
+        "77|CANCELLED by 1001|0:0|1|None assigned|0|Unknown|Unknown|a|b|c|2026-11-25T17:39:58"
+    )
+    assert record is not None
+    assert record.state is JobState.CANCELLED
+    assert record.node_list == ""
+    assert (record.started, record.ended) == (None, None)
+    assert record.elapsed_seconds == 0
+    assert record.name == "a|b|c"  # a job name may hold the separator; Submit never does
+    assert record.submitted == "2026-11-25T17:39:58"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "JobID|State",
+        "4242|COMPLETED|0:0|1|n1|5|a|b|name-without-submit",
+        "4242.batch|COMPLETED|0:0|1|n1|5|a|b|n|s",
+        "x|COMPLETED|0:0|1|n1|5|a|b|n|s",
+    ],
+    ids=["empty", "short", "no-submit", "a-step", "not-an-id"],
+)
+def test_lines_that_are_not_an_accounting_record_are_none(line: str) -> None:
+    assert parse_accounting_line(line) is None

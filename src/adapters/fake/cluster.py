@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from obp_workflow.core.cluster import ClusterHandle, KeyRole
 from obp_workflow.core.errors import ClusterUnreachable, FieldError, InvalidRequest, NotFound
-from obp_workflow.core.jobs import JobObservation, JobPhase, JobState
+from obp_workflow.core.jobs import JobAccounting, JobObservation, JobPhase, JobState
 from obp_workflow.core.jobspec import LOG_FILE, REQUEST_FILE, JobSpec
 from obp_workflow.core.text import utf8_tail
 from obp_workflow.ports.cluster import ClusterGateway, OutputFile
@@ -35,7 +35,26 @@ class FakeJob:
     exit_code: int = 0
     state: JobState = JobState.PENDING
     in_queue: bool = True  # False once forgotten: only accounting knows it
+    nodes: int = 1
+    steps_running: int = 0  # the fake's elapsed time: steps taken while RUNNING
     on_complete: list[Callable[[FakeJob], None]] = field(default_factory=list)
+
+    def accounting(self) -> JobAccounting:
+        started = self.state is not JobState.PENDING
+        done = self.state not in ACTIVE
+        return JobAccounting(
+            job_id=self.job_id,
+            state=self.state,
+            exit_code=self.exit_code if done else None,
+            signal=0 if done else None,
+            nodes=self.nodes,
+            node_list=(f"fake-[1-{self.nodes}]" if self.nodes > 1 else "fake-1") if started else "",
+            elapsed_seconds=self.steps_running,
+            started=None,
+            ended=None,
+            name=self.tag,
+            raw=f"{self.job_id}|{self.state.value}|{self.nodes}|{self.steps_running}",
+        )
 
     def observation(self) -> JobObservation:
         code = None if self.state in ACTIVE else self.exit_code
@@ -76,6 +95,7 @@ class FakeCluster(ClusterGateway):
             job_id = str(self._next_id)
             outcome, code = self._outcomes.get(spec.tag, (JobState.COMPLETED, 0))
             job = FakeJob(job_id, spec.tag, spec.role, spec.run_folder, outcome, code)
+            job.nodes = _requested_nodes(spec)
             if spec.role is KeyRole.USER:
                 job.on_complete.append(self._write_outputs)
             self.jobs[job_id] = job
@@ -115,6 +135,18 @@ class FakeCluster(ClusterGateway):
                 self._last.update(answer)
         self.faults.after("poll")
         return answer
+
+    def accounting(
+        self, cluster: ClusterHandle, job_id: str, tag: str | None = None
+    ) -> JobAccounting | None:
+        self._reachable()
+        self.faults.before("accounting")
+        self.scheduler_queries += 1
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None or (tag is not None and job.tag != tag):
+                return None
+            return job.accounting()
 
     def cancel(self, cluster: ClusterHandle, job_id: str, role: KeyRole = KeyRole.USER) -> None:
         self._reachable()
@@ -166,6 +198,7 @@ class FakeCluster(ClusterGateway):
                 if job.state is JobState.PENDING:
                     job.state = JobState.RUNNING
                 elif job.state is JobState.RUNNING:
+                    job.steps_running += 1
                     self.finish(job.job_id, job.outcome, job.exit_code)
 
     def finish(self, job_id: str, state: JobState, exit_code: int = 0) -> None:
@@ -211,3 +244,12 @@ def confined(run_folder: str, path: str) -> str:
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise InvalidRequest([FieldError("path", "must stay inside the run folder")])
     return posixpath.join(run_folder, path)
+
+
+def _requested_nodes(spec: JobSpec) -> int:
+    """The nodes a job asks for (its request's resources; one when it names none)."""
+    try:
+        request = json.loads(spec.files.get(REQUEST_FILE, "{}")).get("request", {})
+        return int(request.get("resources", {}).get("nodes", 1))
+    except (ValueError, TypeError, AttributeError):
+        return 1

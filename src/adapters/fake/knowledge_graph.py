@@ -90,6 +90,13 @@ class InMemoryKnowledgeGraph(KnowledgeGraph):
                     "startedAtTime": provenance.started_at.isoformat(),
                     "endedAtTime": provenance.ended_at.isoformat(),
                     "jobId": provenance.job_id,
+                    "accounting": None
+                    if provenance.accounting is None
+                    else {
+                        "nodes": provenance.accounting.nodes,
+                        "elapsed": provenance.accounting.elapsed_seconds,
+                        "exitCode": provenance.accounting.exit_code,
+                    },
                     "generated": entities,
                 },
             )

@@ -28,7 +28,9 @@ and the service's own ``obp:`` vocabulary), so Delta needs no remote context to 
   (the entities), ``wasAssociatedWith`` the service (a ``prov:SoftwareAgent``),
   ``wasAttributedTo`` the requesting user (the Nexus user IRI), ``startedAtTime``,
   ``endedAtTime``, ``status`` Done, ``clusterName``, ``jobId``, ``exitCode`` (when known) and
-  ``elapsed`` (xsd:duration between the start and the end the service observed);
+  ``elapsed`` (xsd:duration between the start and the end the service observed), and
+  ``slurmAccounting`` (the scheduler's own record: ``nodes``, ``nodeList``, ``elapsed``,
+  ``exitCode``, ``signal``, ``state``, ``start``/``end`` as Slurm printed them);
 - one entity per output: [Entity, Dataset], ``wasGeneratedBy`` the activity, ``distribution``
   a ``DataDownload`` with ``contentUrl`` (the Nexus file's address; the S3 location for an
   object outside the Nexus data bucket), ``contentSize`` (bytes), ``digest`` (SHA-256) and
@@ -67,6 +69,7 @@ import httpx
 
 from obp_workflow.core.errors import ServiceUnavailable, SyncIncomplete
 from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.jobs import JobAccounting
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import SyncedFile
 from obp_workflow.ports.knowledge_graph import KnowledgeGraph, Registration, RunProvenance
@@ -115,6 +118,10 @@ CONTEXT: dict[str, Any] = {
     "digest": "nsg:digest",
     "algorithm": "nsg:algorithm",
     "exitCode": {"@id": "obp:exitCode", "@type": "xsd:integer"},
+    "SlurmAccounting": "obp:SlurmAccounting",
+    "slurmAccounting": "obp:slurmAccounting",
+    "nodes": {"@id": "obp:nodes", "@type": "xsd:integer"},
+    "signal": {"@id": "obp:signal", "@type": "xsd:integer"},
     "elapsed": {"@id": "obp:elapsed", "@type": "xsd:duration"},
     "command": {"@id": "obp:command", "@container": "@list"},
 }
@@ -471,6 +478,8 @@ class NexusKnowledgeGraph(KnowledgeGraph):
         }
         if provenance.exit_code is not None:
             document["exitCode"] = provenance.exit_code
+        if provenance.accounting is not None:
+            document["slurmAccounting"] = _accounting(provenance.accounting)
         return document
 
     def entity_document(
@@ -735,6 +744,23 @@ def _ids_of(value: object) -> list[str]:
     if isinstance(value, list):
         return [i for v in value for i in _ids_of(v)]
     return []
+
+
+def _accounting(record: JobAccounting) -> dict[str, Any]:
+    """The scheduler's record of the job: what it allocated and how the job ended."""
+    found: dict[str, Any] = {
+        "@type": "SlurmAccounting",
+        "jobId": record.job_id,
+        "state": record.state.value,
+        "nodes": record.nodes,
+        "nodeList": record.node_list or None,
+        "exitCode": record.exit_code,
+        "signal": record.signal,
+        "elapsed": None if record.elapsed_seconds is None else f"PT{record.elapsed_seconds}S",
+        "start": record.started,
+        "end": record.ended,
+    }
+    return {name: value for name, value in found.items() if value is not None}
 
 
 def _rev(metadata: Mapping[str, Any], ident: str) -> int:

@@ -26,11 +26,22 @@ from obp_workflow.core.errors import (
     FieldError,
     InvalidRequest,
     NotFound,
+    ServiceUnavailable,
     SubmissionRejected,
     SubmissionUnclear,
 )
-from obp_workflow.core.jobs import PHASE_OF, JobObservation, JobPhase, JobState, parse_exit_code
+from obp_workflow.core.jobs import (
+    ACCOUNTING_FIELDS,
+    PHASE_OF,
+    JobAccounting,
+    JobObservation,
+    JobPhase,
+    JobState,
+    parse_accounting_line,
+    parse_exit_code,
+)
 from obp_workflow.core.jobspec import LOG_FILE, JobSpec
+from obp_workflow.core.run import TAG_PREFIX
 from obp_workflow.core.text import utf8_tail
 from obp_workflow.ports.cluster import ClusterGateway, OutputFile
 
@@ -203,12 +214,48 @@ class SlurmGateway(ClusterGateway):
             )
             for line in past.text().splitlines():
                 obs = parse_sacct_line(line)
-                if obs is not None and obs.job_id in missing:
+                if obs is None or obs.job_id not in missing:
+                    continue
+                # Accounting may hold an older job with the same id (a controller whose
+                # state was reset): the service's own job, named by its tag, wins.
+                if obs.job_id not in seen or _job_name(line).startswith(TAG_PREFIX):
                     seen[obs.job_id] = obs
         return {
             j: seen.get(j) or JobObservation.unknown(j, "neither squeue nor sacct knows the job")
             for j in ids
         }
+
+    def accounting(
+        self, cluster: ClusterHandle, job_id: str, tag: str | None = None
+    ) -> JobAccounting | None:
+        endpoint = Endpoint.of(cluster, KeyRole.USER)
+        wanted = _job_id(job_id)
+        result = self._query(
+            endpoint,
+            [
+                "sacct",
+                "-X",
+                "-n",
+                "-P",
+                "--allusers",
+                f"--jobs={wanted}",
+                f"--format={ACCOUNTING_FIELDS}",
+            ],
+        )
+        found = [
+            record
+            for record in map(parse_accounting_line, result.text().splitlines())
+            if record is not None and record.job_id == wanted
+        ]
+        records = [r for r in found if tag is None or r.name == tag]
+        if not records and any(r.name == ACCOUNTING_PLACEHOLDER for r in found):
+            # slurmdbd holds a placeholder until the job's own record arrives, moments
+            # after the job ends: ask again later rather than report no record.
+            raise ServiceUnavailable(
+                f"the accounting of job {wanted} on {cluster.name} is not complete yet"
+            )
+        # ISO times sort as text; the last submitted wins.
+        return max(records, key=lambda r: r.submitted or "", default=None)
 
     def cancel(self, cluster: ClusterHandle, job_id: str, role: KeyRole = KeyRole.USER) -> None:
         endpoint = Endpoint.of(cluster, role)
@@ -328,6 +375,15 @@ def parse_squeue_line(line: str) -> JobObservation | None:
         status = int(parts[3])
         code, signal = status >> 8, status & 0x7F
     return JobObservation(parts[0].strip(), state, code, signal, raw=line.strip(), source="squeue")
+
+
+#: The name slurmdbd gives the record it creates for a job whose own record has not arrived.
+ACCOUNTING_PLACEHOLDER = "allocation"
+
+
+def _job_name(sacct_line: str) -> str:
+    parts = sacct_line.strip().split("|")
+    return parts[3] if len(parts) > 3 else ""
 
 
 def parse_sacct_line(line: str) -> JobObservation | None:
