@@ -981,6 +981,20 @@ def test_a_connection_the_realm_closed_is_replaced_once(
     assert issuer.connections == 2
 
 
+def test_an_idle_connection_is_kept_for_a_few_seconds_only(issuer: KeycloakIssuer) -> None:
+    """Older ones may have been dropped silently on the way (a NAT): a new one is opened."""
+    client = JsonClient(connect_timeout=2, read_timeout=2, max_bytes=1 << 20, keepalive_seconds=0.2)
+    try:
+        client.get_json(issuer.discovery_url)
+        client.get_json(issuer.jwks_url)
+        assert issuer.connections == 1
+        time.sleep(0.3)
+        client.get_json(issuer.jwks_url)
+        assert issuer.connections == 2
+    finally:
+        client.close()
+
+
 def test_close_closes_the_connections_and_the_verifier_goes_on(
     issuer: KeycloakIssuer, verifier: KeycloakTokenVerifier
 ) -> None:

@@ -10,9 +10,11 @@ imports. This one does only what those reads need:
 - a body larger than the limit is a failure, found before it is all read;
 - TLS verified against the system's trust store (``ssl.create_default_context``, which honours
   ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``);
-- connections kept alive per origin (a few idle ones), so that discovery, JWKS and userinfo
-  share one handshake; a kept-alive connection the server has closed meanwhile is replaced
-  once, transparently (every request is a ``GET``: repeating it is harmless).
+- connections kept alive per origin (a few idle ones, each for a few seconds), so that
+  discovery, JWKS and userinfo share one handshake; a kept-alive connection the server has
+  closed meanwhile is replaced once, transparently (every request is a ``GET``: repeating it is
+  harmless). An older idle connection is closed rather than used: a peer or a NAT may have
+  dropped it without a word, and a request on it would wait for the read timeout.
 
 Every failure is a :class:`FetchFailed` whose message names the URL and the kind of failure,
 never a header value or a body. Thread-safe.
@@ -24,6 +26,7 @@ import http.client
 import json
 import ssl
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,12 +49,15 @@ class JsonClient:
         read_timeout: float,
         max_bytes: int,
         max_idle_per_origin: int = 4,
+        keepalive_seconds: float = 5.0,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._max_bytes = max_bytes
         self._max_idle = max_idle_per_origin
-        self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
+        self._keepalive = keepalive_seconds
+        #: Idle connections by origin, each with when it became idle (monotonic seconds).
+        self._idle: dict[_Origin, list[tuple[http.client.HTTPConnection, float]]] = {}
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
 
@@ -62,7 +68,7 @@ class JsonClient:
         if bearer is not None:
             headers["Authorization"] = f"Bearer {bearer}"
         for attempt in (1, 2):
-            connection, reused = self._take(origin)
+            connection, reused = self._take(origin, fresh=attempt == 2)
             try:
                 body = self._exchange(connection, origin, target, headers, reused=reused, url=url)
             except _STALE as exc:
@@ -90,17 +96,32 @@ class JsonClient:
         with self._lock:
             idle, self._idle = self._idle, {}
         for connections in idle.values():
-            for connection in connections:
+            for connection, _ in connections:
                 connection.close()
 
     # ------------------------------------------------------------------ connections
 
-    def _take(self, origin: _Origin) -> tuple[http.client.HTTPConnection, bool]:
-        """An idle connection to ``origin`` (reused: True), or a new one, not yet connected."""
+    def _take(
+        self, origin: _Origin, *, fresh: bool = False
+    ) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection to ``origin`` (reused: True) unless ``fresh``, or a new one, not
+        yet connected."""
+        expired: list[http.client.HTTPConnection] = []
+        reusable = None
         with self._lock:
-            idle = self._idle.get(origin)
-            if idle:
-                return idle.pop(), True
+            idle = self._idle.get(origin, [])
+            oldest = time.monotonic() - self._keepalive
+            while idle:
+                connection, since = idle.pop()
+                if fresh or since < oldest:
+                    expired.append(connection)
+                else:
+                    reusable = connection
+                    break
+        for connection in expired:
+            connection.close()
+        if reusable is not None:
+            return reusable, True
         scheme, host, port = origin
         if scheme == "https":
             return (
@@ -115,7 +136,7 @@ class JsonClient:
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self._max_idle:
-                idle.append(connection)
+                idle.append((connection, time.monotonic()))
                 return
         connection.close()
 
