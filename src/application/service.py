@@ -305,10 +305,17 @@ class WorkflowService:
         return self._save_if_changed(tracked)
 
     def sweep(self, project: ProjectRef | None = None) -> list[tuple[ProjectRef, str]]:
-        """One round: a monitor cycle, then one step for every active run. What changed."""
+        """One round: a monitor cycle, then one step for every active run. What changed.
+
+        A run whose record is damaged is left where it is (the repository reports it); the
+        others go on."""
         changed = list(self.monitor_cycle(project).changed)
         for run in self.runs.list_active(project):
-            if self.advance(run.project, run.run_id):
+            try:
+                moved = self.advance(run.project, run.run_id)
+            except CorruptRecord:
+                continue  # damaged since it was listed: never a reason to stop the round
+            if moved:
                 changed.append((run.project, run.run_id))
         return changed
 

@@ -7,13 +7,16 @@ events, so a stored run can never hold a state its history does not explain.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from obp_workflow.core.errors import CorruptRecord, InvalidRequest
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import Requester, RunEvent, RunHeader, RunState, SimulationRun
+
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 
@@ -112,3 +115,19 @@ def loads_stored(text: str | bytes, project: ProjectRef, run_id: str) -> Simulat
             f"of project {run.project}"
         )
     return run
+
+
+def intact(
+    items: Iterable[_T],
+    load: Callable[[_T], SimulationRun],
+    damaged: Callable[[CorruptRecord], None],
+) -> list[SimulationRun]:
+    """The runs of ``items`` that load; each that does not is reported to ``damaged`` and
+    left out, so one damaged record never hides the others from a listing."""
+    runs = []
+    for item in items:
+        try:
+            runs.append(load(item))
+        except CorruptRecord as exc:
+            damaged(exc)
+    return runs

@@ -696,6 +696,24 @@ def test_a_damaged_record_is_corrupt_record_on_get(
 
 
 @pytest.mark.parametrize("how", list(Damage), ids=[d.value for d in Damage])
+def test_a_damaged_active_record_does_not_hide_the_others_from_listings(
+    repo_harness: RunRepositoryHarness, how: Damage
+) -> None:
+    repo = repo_harness.repo
+    runs = [advance(new_run(), S.QUEUED) for _ in range(3)]
+    for run in runs:
+        repo.add(run)
+    repo_harness.damage(PROJECT_A, runs[1].run_id, how)
+    listed = {r.run_id for r in repo.list_active(PROJECT_A)}
+    assert runs[0].run_id in listed
+    assert runs[2].run_id in listed
+    assert runs[1].run_id not in listed
+    everywhere = {r.run_id for r in repo.list_active()}
+    assert {runs[0].run_id, runs[2].run_id} <= everywhere
+    assert runs[1].run_id not in everywhere
+
+
+@pytest.mark.parametrize("how", list(Damage), ids=[d.value for d in Damage])
 def test_saving_over_a_damaged_record_raises_only_domain_errors(
     repo_harness: RunRepositoryHarness, how: Damage
 ) -> None:

@@ -32,6 +32,7 @@ Every ClientError and BotoCoreError leaves as a domain error.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -52,7 +53,7 @@ from obp_workflow.core.errors import (
     ServiceUnavailable,
 )
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.records import SCHEMA_VERSION, dumps, loads_stored
+from obp_workflow.core.records import SCHEMA_VERSION, dumps, intact, loads_stored
 from obp_workflow.core.run import JobWatch, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
@@ -82,6 +83,8 @@ _MAX_SORT_KEY = 1024
 #: How often a transaction cancelled by a concurrent one (TransactionConflict) is tried.
 _TRANSACTION_ATTEMPTS = 5
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+
+log = logging.getLogger(__name__)
 
 
 def table_schema(table_name: str) -> CreateTableInputTypeDef:
@@ -319,10 +322,11 @@ class DynamoRunRepository(RunRepository):
 
     def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
         query = self._sparse_query(ACTIVE_INDEX, "active_pk", "active_sk", _ACTIVE, project)
-        return [
-            _run(item, _project(item), _run_id(item))
-            for item in self._query(query, "listing the active runs")
-        ]
+        return intact(
+            self._query(query, "listing the active runs"),
+            lambda item: _run(item, _project(item), _run_id(item)),
+            _skipped,
+        )
 
     def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
         query = self._sparse_query(WATCHED_INDEX, "watch_pk", "watch_sk", _WATCHED, project)
@@ -526,3 +530,8 @@ def _decode_cursor(cursor: str, project: ProjectRef, states: Collection[RunState
     if not _fits(after):
         raise InvalidRequest([FieldError("cursor", "is not a cursor of this listing")])
     return after
+
+
+def _skipped(damage: CorruptRecord) -> None:
+    """A damaged record left out of a listing (``get`` on it raises CorruptRecord)."""
+    log.warning("a damaged run record was left out of a listing: %s", damage.message)

@@ -14,7 +14,7 @@ from obp_workflow.core.errors import (
     NotFound,
 )
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.records import dumps, loads
+from obp_workflow.core.records import dumps, intact, loads
 from obp_workflow.core.run import ACTIVE_STATES, JobWatch, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
@@ -102,7 +102,8 @@ class InMemoryRunRepository(RunRepository):
     def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
         with self._lock:
             records = [r for (p, _), r in self._records.items() if project in (None, p)]
-        return [run for run in map(loads, records) if run.state in ACTIVE_STATES]
+        runs = intact(records, loads, lambda exc: None)  # the fake reports nothing
+        return [run for run in runs if run.state in ACTIVE_STATES]
 
     def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
         with self._lock:

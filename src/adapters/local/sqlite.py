@@ -18,6 +18,7 @@ ServiceUnavailable; a row or a database file that cannot be decoded is CorruptRe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -36,7 +37,7 @@ from obp_workflow.core.errors import (
     ServiceUnavailable,
 )
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.records import dumps, loads_stored
+from obp_workflow.core.records import dumps, intact, loads_stored
 from obp_workflow.core.run import JobWatch, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
@@ -64,6 +65,8 @@ CREATE INDEX IF NOT EXISTS runs_by_position ON runs (project, position);
 CREATE INDEX IF NOT EXISTS runs_active ON runs (project, position) WHERE active = 1;
 CREATE INDEX IF NOT EXISTS runs_watched ON runs (project, run_id) WHERE watch_job IS NOT NULL;
 """
+
+log = logging.getLogger(__name__)
 
 
 #: The columns a write sets, in the order of ``_row``.
@@ -183,7 +186,7 @@ class SqliteRunRepository(RunRepository):
     def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
         with self._read() as conn:
             rows = conn.execute(_ACTIVE, {"project": project and project.key}).fetchall()
-        return [_run(record, _project(key), run_id) for key, run_id, record in rows]
+        return intact(rows, lambda row: _run(row[2], _project(row[0]), row[1]), _skipped)
 
     def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
         with self._read() as conn:
@@ -350,3 +353,8 @@ def _translated(path: str) -> Iterator[None]:
         raise ServiceUnavailable(
             f"the run database {path} is not usable: {name or type(exc).__name__}: {text:.200}"
         ) from None
+
+
+def _skipped(damage: CorruptRecord) -> None:
+    """A damaged record left out of a listing (``get`` on it raises CorruptRecord)."""
+    log.warning("a damaged run record was left out of a listing: %s", damage.message)
