@@ -695,6 +695,28 @@ def test_a_damaged_record_is_corrupt_record_on_get(
         repo.get(PROJECT_A, run.run_id)
 
 
+def test_a_run_with_thousands_of_events_is_stored_and_read_back(
+    repo_harness: RunRepositoryHarness,
+) -> None:
+    """A cluster that comes and goes for weeks: every outage is two events (DynamoDB: an item
+    holds 400 KB; the record of this run is about 1 MB as text)."""
+    repo = repo_harness.repo
+    run = advance(new_run(), S.QUEUED)
+    repo.add(run)
+    version = run.version
+    for i in range(2500):
+        run.mark_stale(at(100 + 2 * i), f"the head node did not answer (outage {i:04d})")
+        run.clear_stale(at(101 + 2 * i))
+    repo.save(run, version)
+    back = repo.get(PROJECT_A, run.run_id)
+    assert back.version == run.version > 5000
+    assert stored(repo, back) == facts(run)
+    assert [w.run_id for w in repo.list_watched(PROJECT_A)] == [run.run_id]
+    assert run.run_id in {r.run_id for r in repo.list_active(PROJECT_A)}
+    listed = repo.list(PROJECT_A, None, None, 10)
+    assert [r.run_id for r in listed.runs] == [run.run_id]
+
+
 @pytest.mark.parametrize("how", list(Damage), ids=[d.value for d in Damage])
 def test_a_damaged_active_record_does_not_hide_the_others_from_listings(
     repo_harness: RunRepositoryHarness, how: Damage

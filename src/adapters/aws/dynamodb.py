@@ -2,7 +2,9 @@
 
 Items of the table (partition key ``pk``, sort key ``sk``):
 
-- a run: ``pk`` = project key, ``sk`` = ``run#`` + run id; ``record`` (``core.records.dumps``),
+- a run: ``pk`` = project key, ``sk`` = ``run#`` + run id; ``record`` (``core.records.dumps``:
+  JSON text, or zlib-compressed binary above 64 KB so that a run with thousands of events fits
+  in an item),
   ``state``, ``version`` (the optimistic concurrency token), ``created_at``, ``schema``,
   ``idem`` (its idempotency key, if any), and the keys of three indexes:
   ``gsi1pk``/``gsi1sk`` = project / position (creation instant in UTC, then run id) for
@@ -35,6 +37,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import zlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -83,6 +86,14 @@ _MAX_SORT_KEY = 1024
 #: How often a transaction cancelled by a concurrent one (TransactionConflict) is tried.
 _TRANSACTION_ATTEMPTS = 5
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+
+#: Records above this size are stored compressed (binary); below, as readable JSON text.
+COMPRESS_ABOVE = 64 * 1024
+#: The largest compressed record written: an item holds at most 400 KB with its other
+#: attributes and keys.
+MAX_RECORD_BYTES = 350 * 1024
+#: The largest record a compressed one may inflate to (a guard against a damaged item).
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +393,7 @@ def _item(run: SimulationRun) -> Item:
     item: dict[str, AttributeValueTypeDef] = {
         "pk": {"S": project},
         "sk": {"S": RUN_PREFIX + run.run_id},
-        "record": {"S": dumps(run)},
+        "record": _record_value(run),
         "state": {"S": run.state.value},
         "version": {"N": str(run.version)},
         "created_at": {"S": run.header.created_at.isoformat()},
@@ -439,10 +450,45 @@ def _project(item: Item) -> ProjectRef:
 
 def _run(item: Item, project: ProjectRef, run_id: str) -> SimulationRun:
     """The run an item holds, which must be the run its keys say."""
-    record = _text(item, "record")
+    record = _record_of(item, run_id)
     if record is None:
         raise CorruptRecord(f"run {run_id}: the stored record is missing or not a string")
     return loads_stored(record, project, run_id)
+
+
+def _record_value(run: SimulationRun) -> AttributeValueTypeDef:
+    """The record as text; above ``COMPRESS_ABOVE`` bytes, zlib-compressed binary (a run with
+    thousands of events stays far below DynamoDB's 400 KB item limit)."""
+    text = dumps(run)
+    data = text.encode()
+    if len(data) <= COMPRESS_ABOVE:
+        return {"S": text}
+    packed = zlib.compress(data, 6)
+    if len(packed) > MAX_RECORD_BYTES:
+        raise ServiceUnavailable(
+            f"run {run.run_id} has {len(run.events)} events: its record is {len(packed)} bytes "
+            "even compressed, above what one DynamoDB item holds"
+        )
+    return {"B": packed}
+
+
+def _record_of(item: Item, run_id: str) -> str | bytes | None:
+    value = item.get("record")
+    if not isinstance(value, dict):
+        return None
+    if isinstance(value.get("S"), str):
+        return value["S"]
+    packed = value.get("B")
+    if not isinstance(packed, bytes | bytearray):
+        return None
+    inflate = zlib.decompressobj()
+    try:
+        data = inflate.decompress(bytes(packed), MAX_INFLATED_BYTES)
+    except zlib.error:
+        raise CorruptRecord(f"run {run_id}: the compressed record is damaged") from None
+    if inflate.unconsumed_tail or not inflate.eof:
+        raise CorruptRecord(f"run {run_id}: the compressed record is damaged or too large")
+    return data
 
 
 def _watch(item: Item) -> JobWatch:
@@ -467,7 +513,7 @@ def _same_record(exc: ClientError, item: Item) -> bool:
         isinstance(retried, int)
         and retried > 0
         and isinstance(old, dict)
-        and _text(old, "record") == _text(item, "record")
+        and old.get("record") == item.get("record")
     )
 
 
