@@ -86,6 +86,22 @@ class Settings(BaseSettings):
         description="Secret holding a cluster head node's public host key (pinned).",
     )
 
+    # ---------------------------------------------------------------- SSH to the clusters
+    ssh_connect_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Timeout of opening an SSH connection to a head node."
+    )
+    ssh_command_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Timeout of one command on a head node."
+    )
+    ssh_keepalive_seconds: int = Field(
+        30, ge=0, le=3600, description="SSH keepalive interval (0: none)."
+    )
+    ssh_connects_per_minute: int = Field(
+        6, ge=1, le=600, description="New SSH connections per cluster per minute, at most."
+    )
+    ssh_queries_per_minute: int = Field(
+        120, ge=1, le=6000, description="Scheduler queries per cluster per minute, at most."
+    )
     # ---------------------------------------------------------------- Keycloak
     keycloak_issuer: str | None = Field(
         None, description="Realm URL as in the tokens' iss, e.g. https://HOST/realms/REALM."

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from obp_workflow.adapters.nexus.client import NexusSettings
     from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
     from obp_workflow.adapters.provisioner.http import HttpProvisioner, ProvisionerSettings
+    from obp_workflow.adapters.ssh.connection import PoolSettings
     from obp_workflow.adapters.ssh.hsm import HsmSettings
     from obp_workflow.adapters.ssh.slurm import SlurmGateway
     from obp_workflow.ports.objects import ObjectStore
@@ -167,11 +168,23 @@ def provisioner(
     )
 
 
-def cluster(secrets: SecretStore) -> SlurmGateway:
+def pool_settings(settings: Settings) -> PoolSettings:
+    from obp_workflow.adapters.ssh.connection import PoolSettings
+
+    return PoolSettings(
+        connect_timeout=settings.ssh_connect_timeout_seconds,
+        command_timeout=settings.ssh_command_timeout_seconds,
+        keepalive_seconds=settings.ssh_keepalive_seconds,
+        connects_per_minute=settings.ssh_connects_per_minute,
+        queries_per_minute=settings.ssh_queries_per_minute,
+    )
+
+
+def cluster(settings: Settings, secrets: SecretStore) -> SlurmGateway:
     from obp_workflow.adapters.ssh.connection import SshPool
     from obp_workflow.adapters.ssh.slurm import SlurmGateway
 
-    return SlurmGateway(SshPool(secrets))
+    return SlurmGateway(SshPool(secrets, pool_settings(settings)))
 
 
 def tokens(settings: Settings) -> KeycloakTokenVerifier:
@@ -223,7 +236,7 @@ class AwsAdapters(containers.DeclarativeContainer):
     secrets = providers.Singleton(secrets, settings, session)
     objects = providers.Singleton(objects, settings, session)
     provisioner = providers.Singleton(provisioner, settings, session, secrets)
-    cluster = providers.Singleton(cluster, secrets)
+    cluster = providers.Singleton(cluster, settings, secrets)
     tokens = providers.Singleton(tokens, settings)
     service_tokens = providers.Singleton(service_tokens, settings, secrets)
     knowledge_graph = providers.Singleton(knowledge_graph, settings, service_tokens)

@@ -77,6 +77,7 @@ def aws_settings(realm: KeycloakIssuer, nexus: NexusServer) -> dict[str, object]
         "nexus_public_base": nexus.base,
         "nexus_realm": "obp",
         "hsm_jobs_root": "/home/obpadmin/obp-sync",
+        "ssh_connects_per_minute": 3,
     }
 
 
@@ -117,6 +118,8 @@ def test_the_aws_settings_select_the_production_adapters(aws_service: Service) -
     assert isinstance(sync.lustre, LustreHsmSynchronizer)
     assert isinstance(sync.upload, NexusUploadSynchronizer)
     assert sync.upload.graph is graph
+    pool = aws_service.gateway().pool
+    assert pool.settings.connects_per_minute == 3  # OBP_SSH_CONNECTS_PER_MINUTE
 
 
 def test_a_run_submitted_on_aws_is_stored_and_starts_one_instance(aws_service: Service) -> None:
