@@ -1,8 +1,9 @@
 """Keycloak access tokens, verified locally against the realm's published keys.
 
 The verifier reads the realm's discovery document (``{issuer}/.well-known/openid-configuration``)
-and its JWKS once, keeps the keys, and verifies each token: its signature (:mod:`.jws`, on
-cryptography's primitives), issuer, audience or authorized party, lifetime. Memberships come
+and its JWKS once, keeps the keys, and verifies each token: its signature (PyJWT, with the key
+the token's ``kid`` names and only an asymmetric algorithm the realm advertises), issuer,
+audience or authorized party, lifetime. Memberships come
 from the token's ``groups`` claim or, when configured, from the realm's ``/userinfo`` endpoint
 (called with the token; the answer is cached per token hash until the token expires).
 
@@ -15,12 +16,14 @@ Rules that hold for every token:
   flood of junk tokens cannot turn into a flood of requests to Keycloak;
 - a failed JWKS fetch keeps the keys already known (it is logged as a warning).
 
-The module stays cheap to import (the Lambda authorizer's cold start): cryptography's asymmetric
-primitives (:mod:`.jws`) and the standard library's ``http.client`` (:mod:`.fetch`), nothing else.
+The module stays cheap to import (the Lambda authorizer's cold start): PyJWT and the standard
+library's ``http.client`` (:mod:`.fetch`), no HTTP client library.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -31,14 +34,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from obp_workflow.adapters.keycloak import jws
+import jwt
+
 from obp_workflow.adapters.keycloak.fetch import FetchFailed as _FetchFailed
 from obp_workflow.adapters.keycloak.fetch import JsonClient
 from obp_workflow.core.errors import Unauthenticated
 from obp_workflow.core.identity import Principal, parse_groups
 from obp_workflow.ports.identity import TokenVerifier
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,20 @@ _ED_CURVES = frozenset({"Ed25519", "Ed448"})
 
 #: A compact JWS: three non-empty base64url segments, nothing else (no spaces, no "Bearer ").
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_B64URL_TEXT = re.compile(r"[A-Za-z0-9_-]*")
+
+#: The claims are checked here, with the injected clock and the configured leeway.
+_SIGNATURE_ONLY: Options = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+    "enforce_minimum_key_length": True,  # an RSA key under 2048 bits is refused
+}
 _B64URL = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 }
@@ -152,7 +173,7 @@ class _Key:
     kty: str
     alg: str | None
     crv: str | None
-    key: jws.PublicKey
+    key: Any  # PyJWT's key object of the JWK
 
     def accepts(self, alg: str) -> bool:
         if self.alg is not None and self.alg != alg:
@@ -238,8 +259,7 @@ class KeycloakTokenVerifier(TokenVerifier):
             raise _Refused("token too large")
         if not _COMPACT_JWS.fullmatch(token):
             raise _Refused("not a compact JWS")
-        signing_input, _, signature = token.rpartition(".")
-        if not _canonical_b64url(signature):
+        if not _canonical_b64url(token.rpartition(".")[2]):
             raise _Refused("non-canonical signature encoding")
         header = _header(token)
         alg, kid = header.get("alg"), header.get("kid")
@@ -251,13 +271,12 @@ class KeycloakTokenVerifier(TokenVerifier):
             # No JWS extension is understood here (RFC 7515 §4.1.11; RFC 7797's b64).
             raise _Refused("critical header extension")
         key = self._key_for(kid, alg)
-        if jws.key_too_short(key.key):
-            raise _Refused("key too short")
-        if not jws.signature_valid(
-            alg, key.key, signing_input.encode("ascii"), jws.b64url_decode(signature)
-        ):
-            raise _Refused("bad signature")
-        claims = _payload(signing_input.partition(".")[2])
+        try:
+            claims = jwt.decode(token, key.key, algorithms=[alg], options=_SIGNATURE_ONLY)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise _Refused(f"signature or payload rejected ({type(exc).__name__})") from None
+        if not isinstance(claims, dict):
+            raise _Refused("payload is not an object")
         now = self._clock()
         subject, exp = self._check_claims(claims, now)
         if settings.groups_source == "userinfo":
@@ -456,9 +475,9 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[_Key, ...]]:
         ):
             continue
         try:
-            key = jws.public_key(entry)
-        except jws.JwkError as exc:
-            log.debug("skipped an unreadable JWKS entry (%s)", exc)
+            key = jwt.PyJWK(entry).key
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+            log.debug("skipped an unreadable JWKS entry (%s)", type(exc).__name__)
             continue
         crv = entry.get("crv")
         found.setdefault(kid, []).append(
@@ -470,7 +489,7 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[_Key, ...]]:
 def _header(token: str) -> dict[str, Any]:
     """The JOSE header: a JSON object, in canonical base64url."""
     try:
-        header = json.loads(jws.canonical_b64url_decode(token[: token.index(".")]))
+        header = json.loads(_canonical_b64url_decode(token[: token.index(".")]))
     except (ValueError, RecursionError) as exc:  # base64, JSON or UTF-8
         raise _Refused(f"unreadable header ({type(exc).__name__})") from None
     if not isinstance(header, dict):
@@ -478,15 +497,14 @@ def _header(token: str) -> dict[str, Any]:
     return header
 
 
-def _payload(segment: str) -> dict[str, Any]:
-    """The claims (read once the signature is known good): a JSON object."""
+def _canonical_b64url_decode(segment: str) -> bytes:
+    """Strict unpadded base64url in its one canonical spelling; ``ValueError`` otherwise."""
+    if not _B64URL_TEXT.fullmatch(segment) or not _canonical_b64url(segment):
+        raise ValueError("not canonical base64url")
     try:
-        claims = json.loads(jws.canonical_b64url_decode(segment))
-    except (ValueError, RecursionError) as exc:
-        raise _Refused(f"unreadable payload ({type(exc).__name__})") from None
-    if not isinstance(claims, dict):
-        raise _Refused("payload is not an object")
-    return claims
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error:
+        raise ValueError("not base64url") from None
 
 
 def _canonical_b64url(segment: str) -> bool:
