@@ -83,6 +83,9 @@ def demo(lustre: bool = True, max_sweeps: int = 50) -> int:
             print(f"  output:     {f.relative_path} ({f.size} B) at {f.location}")
     if run.kg_activity_id:
         print(f"  provenance: {run.kg_activity_id}")
+    links = getattr(container.knowledge_graph(), "links", {})
+    if links:
+        print(f"  files:      {len(links)} outputs linked as files of the graph (to their objects)")
     return 0 if run.state.value == "DONE" else 1
 
 

@@ -9,7 +9,7 @@ from dependency_injector import containers, providers
 
 from obp_workflow.adapters.fake.cluster import FakeCluster
 from obp_workflow.adapters.fake.knowledge_graph import InMemoryKnowledgeGraph
-from obp_workflow.adapters.fake.provisioner import FakeProvisioner
+from obp_workflow.adapters.fake.provisioner import EXAMPLE_BUCKET, FakeProvisioner
 from obp_workflow.adapters.fake.runs import InMemoryRunRepository
 from obp_workflow.adapters.fake.simple import InMemoryInstances, InMemorySecretStore
 from obp_workflow.adapters.fake.sync import FakeDataSynchronizer, InMemoryBucket
@@ -27,7 +27,8 @@ class FakeAdapters(containers.DeclarativeContainer):
     provisioner = providers.Singleton(FakeProvisioner)
     cluster = providers.Singleton(FakeCluster, auto_progress=True)
     bucket = providers.Singleton(InMemoryBucket)
-    knowledge_graph = providers.Singleton(InMemoryKnowledgeGraph)
+    # Exported outputs in the example clusters' bucket become linked files of the graph.
+    knowledge_graph = providers.Singleton(InMemoryKnowledgeGraph, bucket, EXAMPLE_BUCKET)
     synchronizer = providers.Singleton(FakeDataSynchronizer, cluster, bucket, knowledge_graph)
     instances = providers.Singleton(InMemoryInstances, clock)
     secrets = providers.Singleton(InMemorySecretStore)

@@ -46,6 +46,7 @@ def test_the_demo_drives_one_simulation_to_done(
     path = "ACCEPTED -> PROVISIONING -> SUBMITTING -> QUEUED -> RUNNING -> SYNCING -> REGISTERING"
     assert f"{path} -> DONE" in out
     assert ("lustre-hsm" in out) == (flags == [])
+    assert ("3 outputs linked as files of the graph" in out) == (flags == [])
 
 
 def test_the_aws_adapters_need_their_settings_each_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,12 +19,15 @@ from obp_workflow.ports.cluster import ClusterProvisioner
 
 from .faults import Faults
 
+#: The Nexus data bucket behind the example clusters' data repository association.
+EXAMPLE_BUCKET = "nexus-data-bucket"
+
 
 def example_cluster(project: ProjectRef, *, lustre: bool = True) -> ClusterHandle:
     """A plausible cluster for a project, as the provisioner would describe it."""
     name = f"pcluster-{project.project_id[:8]}"
     storage: LustreStorage | SharedStorage = (
-        LustreStorage("fs-0123456789abcdef0", "/obi/data", "/project", "nexus-data-bucket")
+        LustreStorage("fs-0123456789abcdef0", "/obi/data", "/project", EXAMPLE_BUCKET)
         if lustre
         else SharedStorage("/home/sim")
     )
