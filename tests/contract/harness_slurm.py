@@ -175,21 +175,11 @@ class SlurmClusterHarness:
 
 
 def _accounted_end(job_id: str) -> bool:
-    """The job has ended and accounting holds its own record (slurmdbd keeps a placeholder
-    named "allocation" until the job's record arrives, moments after it ends)."""
+    """Accounting has the job's end (its own record may still be slurmdbd's placeholder, named
+    "allocation", for a few seconds more)."""
     past = (
-        slurm(
-            "sacct",
-            "-X",
-            "-n",
-            "-P",
-            "-a",
-            f"--jobs={job_id}",
-            "--format=State,JobName",
-            check=False,
-        )
+        slurm("sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", "--format=State", check=False)
         .split("\n")[0]
         .strip()
     )
-    state, _, name = past.partition("|")
-    return bool(state) and state.split()[0] not in LIVE and name != "allocation"
+    return bool(past) and past.split()[0] not in LIVE

@@ -13,11 +13,13 @@ from obp_workflow.core.errors import (
     ClusterUnreachable,
     InvalidRequest,
     NotFound,
+    ServiceUnavailable,
     SubmissionUnclear,
 )
-from obp_workflow.core.jobs import JobObservation, JobPhase, JobState
+from obp_workflow.core.jobs import JobAccounting, JobObservation, JobPhase, JobState
 from obp_workflow.core.jobspec import REQUEST_FILE, USER_SCRIPT
 from tests.contract.harness import ClusterHarness, Ending, Job
+from tests.stack import wait_until
 
 OUTPUTS = ("spikes.dat", "reports/soma.h5", "reports/deep/v.bin")
 
@@ -226,8 +228,7 @@ def test_a_purged_finished_job_still_resolves_from_accounting(
     assert obs.exit_code == code
     assert obs.source == "sacct"
     assert h.gateway.find_by_tag(h.cluster, job.tag) == job_id
-    record = h.gateway.accounting(h.cluster, job_id, job.tag)  # accounting never forgets
-    assert record is not None
+    record = accounted(h, job_id, job.tag)  # accounting never forgets
     assert (record.state, record.exit_code, record.nodes) == (state, code, 1)
 
 
@@ -241,8 +242,7 @@ def test_accounting_records_a_finished_jobs_nodes_elapsed_time_and_exit_code(
 ) -> None:
     h = cluster_harness
     job, job_id = finished(h, ending)
-    record = h.gateway.accounting(h.cluster, job_id)
-    assert record is not None
+    record = accounted(h, job_id)
     assert record == h.gateway.accounting(h.cluster, job_id, job.tag)
     assert h.gateway.accounting(h.cluster, job_id, "obp-another-run-0000") is None
     assert record.job_id == job_id
@@ -253,6 +253,23 @@ def test_accounting_records_a_finished_jobs_nodes_elapsed_time_and_exit_code(
     assert record.node_list
     assert record.elapsed_seconds is not None
     assert record.elapsed_seconds >= 0
+
+
+def accounted(h: ClusterHarness, job_id: str, tag: str | None = None) -> JobAccounting:
+    """The job's accounting record, once complete: until then the gateway says to ask again
+    (ServiceUnavailable; Slurm's accounting holds a placeholder for a few seconds)."""
+    found: list[JobAccounting | None] = []
+
+    def complete() -> bool:
+        try:
+            found.append(h.gateway.accounting(h.cluster, job_id, tag))
+        except ServiceUnavailable:
+            return False
+        return True
+
+    wait_until(complete, 60, f"the accounting of job {job_id}", interval=0.5)
+    assert found[-1] is not None, f"accounting does not know job {job_id}"
+    return found[-1]
 
 
 def test_accounting_of_a_job_nobody_submitted_is_none(cluster_harness: ClusterHarness) -> None:

@@ -247,7 +247,8 @@ class SlurmGateway(ClusterGateway):
             for record in map(parse_accounting_line, result.text().splitlines())
             if record is not None and record.job_id == wanted
         ]
-        records = [r for r in found if tag is None or r.name == tag]
+        # The job named ``tag``; without one, any job but slurmdbd's placeholder.
+        records = [r for r in found if (r.name == tag if tag else r.name != ACCOUNTING_PLACEHOLDER)]
         if not records and any(r.name == ACCOUNTING_PLACEHOLDER for r in found):
             # slurmdbd holds a placeholder until the job's own record arrives, moments
             # after the job ends: ask again later rather than report no record.
