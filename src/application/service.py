@@ -32,7 +32,7 @@ from obp_workflow.core.errors import (
     SyncIncomplete,
 )
 from obp_workflow.core.identity import Action, Principal, ProjectRef, authorize
-from obp_workflow.core.jobs import JobObservation, JobPhase
+from obp_workflow.core.jobs import JobAccounting, JobObservation, JobPhase
 from obp_workflow.core.jobspec import build_job_spec
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import (
@@ -446,7 +446,6 @@ class WorkflowService:
         assert run.sync_outcome is not None
         assert run.job_id is not None
         started = _entered(run, RunState.RUNNING, default=_entered(run, RunState.QUEUED))
-        cluster = self._cluster(run.project)
         provenance = RunProvenance(
             header=run.header,
             cluster_name=run.cluster_name or "",
@@ -455,7 +454,7 @@ class WorkflowService:
             ended_at=_entered(run, RunState.SYNCING),
             outcome=run.sync_outcome,
             exit_code=run.exit_code,
-            accounting=self.gateway.accounting(cluster, run.job_id, run.header.tag),
+            accounting=self._accounting(run, run.job_id),
         )
         try:
             registration = self.knowledge_graph.register(provenance)
@@ -465,6 +464,20 @@ class WorkflowService:
             run.fail(self.clock.now(), f"outputs could not be registered: {exc.message}")
             return
         run.registered(self.clock.now(), registration.activity_id, registration.entity_ids)
+
+    def _accounting(self, run: SimulationRun, job_id: str) -> JobAccounting | None:
+        """The job's accounting record for its provenance, or None when the cluster cannot be
+        asked: once the outputs are safe, a cluster that is gone (or its provisioner down)
+        never holds the registration back. An incomplete record is waited for
+        (ServiceUnavailable: the step is tried again)."""
+        try:
+            cluster = self._cluster(run.project)
+        except (ClusterUnreachable, ServiceUnavailable):
+            return None
+        try:
+            return self.gateway.accounting(cluster, job_id, run.header.tag)
+        except ClusterUnreachable:
+            return None
 
     def _finish_cancel(self, t: _Tracked) -> None:
         """Undo what the run may have started, then confirm the cancel."""
