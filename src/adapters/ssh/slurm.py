@@ -200,19 +200,7 @@ class SlurmGateway(ClusterGateway):
         ask = [j for j in ids if j not in seen]
         missing = set(ask)
         if ask:
-            past = self._query(
-                endpoint,
-                [
-                    "sacct",
-                    "-X",
-                    "-n",
-                    "-P",
-                    "--allusers",
-                    f"--jobs={','.join(ask)}",
-                    f"--format={SACCT_FIELDS}",
-                ],
-            )
-            for line in past.text().splitlines():
+            for line in self._sacct(endpoint, ask, SACCT_FIELDS):
                 obs = parse_sacct_line(line)
                 if obs is None or obs.job_id not in missing:
                     continue
@@ -230,21 +218,11 @@ class SlurmGateway(ClusterGateway):
     ) -> JobAccounting | None:
         endpoint = Endpoint.of(cluster, KeyRole.USER)
         wanted = _job_id(job_id)
-        result = self._query(
-            endpoint,
-            [
-                "sacct",
-                "-X",
-                "-n",
-                "-P",
-                "--allusers",
-                f"--jobs={wanted}",
-                f"--format={ACCOUNTING_FIELDS}",
-            ],
-        )
         found = [
             record
-            for record in map(parse_accounting_line, result.text().splitlines())
+            for record in map(
+                parse_accounting_line, self._sacct(endpoint, [wanted], ACCOUNTING_FIELDS)
+            )
             if record is not None and record.job_id == wanted
         ]
         # The job named ``tag``; without one, any job but slurmdbd's placeholder.
@@ -334,6 +312,11 @@ class SlurmGateway(ClusterGateway):
         if not result.ok:
             raise ClusterUnreachable(f"cannot {what} on {endpoint}: {result.error_text()}")
         return result
+
+    def _sacct(self, endpoint: Endpoint, job_ids: Sequence[str], fields: str) -> list[str]:
+        """The allocation lines (no steps) that accounting holds for these jobs, every user's."""
+        argv = ["sacct", "-X", "-n", "-P", "--allusers", f"--jobs={','.join(job_ids)}"]
+        return self._query(endpoint, [*argv, f"--format={fields}"]).text().splitlines()
 
     def _query(
         self, endpoint: Endpoint, argv: Sequence[str], *, missing_ok: bool = False
