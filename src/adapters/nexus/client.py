@@ -37,7 +37,6 @@ chained to an httpx error (whose request carries the header).
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import random
@@ -51,7 +50,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from obp_workflow.core.backoff import backoff_ceiling
+from obp_workflow.core.backoff import retry_after_seconds, retry_wait
 from obp_workflow.core.errors import DomainError, ServiceUnavailable
 from obp_workflow.core.identity import ProjectRef
 
@@ -314,23 +313,14 @@ class NexusClient:
 
     def deprecate(self, org: str, project: str, ident: str) -> bool:
         """Deprecate the resource; False when it does not exist or already is (idempotent)."""
-        url = self.resource_url(org, project, ident)
-        for _ in range(self.settings.max_conflicts):
-            current = self.fetch(org, project, ident)
-            if current is None or current.get("_deprecated") is True:
-                return False
-            rev = _rev_of(current, ident)
-            answer = self.request(
-                "DELETE", url, params={"rev": str(rev)}, doing=f"deprecate {ident}"
-            )
-            if answer.status == 200:
-                return True
-            if answer.is_(400, "ResourceIsDeprecated"):
-                return False  # an earlier attempt did it; its reply was lost
-            if not answer.is_(409, "IncorrectRev"):
-                raise self.refused(answer, f"deprecate {ident} in {org}/{project}")
-        raise ServiceUnavailable(
-            f"{ident} in Nexus project {org}/{project} kept changing while it was deprecated"
+        return self._deprecate(
+            org,
+            project,
+            ident,
+            url=self.resource_url(org, project, ident),
+            read=self.fetch,
+            what=ident,
+            already=("ResourceIsDeprecated",),
         )
 
     # ================================================================ files
@@ -350,22 +340,46 @@ class NexusClient:
         return answer.body
 
     def deprecate_file(self, org: str, project: str, ident: str) -> bool:
-        url = self.file_url(org, project, ident)
+        """Deprecate the file; False when it does not exist or already is (idempotent)."""
+        return self._deprecate(
+            org,
+            project,
+            ident,
+            url=self.file_url(org, project, ident),
+            read=self.file_metadata,
+            what=f"file {ident}",
+            already=("FileIsDeprecated", "ResourceIsDeprecated"),
+        )
+
+    def _deprecate(
+        self,
+        org: str,
+        project: str,
+        ident: str,
+        *,
+        url: str,
+        read: Callable[[str, str, str], dict[str, Any] | None],
+        what: str,
+        already: tuple[str, ...],
+    ) -> bool:
+        """``DELETE ?rev=N`` at the current revision, read again after an ``IncorrectRev``."""
         for _ in range(self.settings.max_conflicts):
-            current = self.file_metadata(org, project, ident)
+            current = read(org, project, ident)
             if current is None or current.get("_deprecated") is True:
                 return False
             rev = _rev_of(current, ident)
             answer = self.request(
-                "DELETE", url, params={"rev": str(rev)}, doing=f"deprecate file {ident}"
+                "DELETE", url, params={"rev": str(rev)}, doing=f"deprecate {what}"
             )
             if answer.status == 200:
                 return True
-            if answer.is_(400, "FileIsDeprecated", "ResourceIsDeprecated"):
-                return False
+            if answer.is_(400, *already):
+                return False  # an earlier attempt did it; its reply was lost
             if not answer.is_(409, "IncorrectRev"):
-                raise self.refused(answer, f"deprecate file {ident} in {org}/{project}")
-        raise ServiceUnavailable(f"file {ident} kept changing while it was deprecated")
+                raise self.refused(answer, f"deprecate {what} in {org}/{project}")
+        raise ServiceUnavailable(
+            f"{what} in Nexus project {org}/{project} kept changing while it was deprecated"
+        )
 
     # ================================================================ HTTP
 
@@ -446,9 +460,9 @@ class NexusClient:
                 delay = answer.retry_after
             if attempt == s.max_attempts:
                 break
-            if delay is None:
-                ceiling = backoff_ceiling(attempt, s.backoff_base_seconds, s.backoff_cap_seconds)
-                delay = self._random.uniform(ceiling / 2, ceiling)
+            delay = retry_wait(
+                attempt, delay, s.backoff_base_seconds, s.backoff_cap_seconds, self._random.uniform
+            )
             log.warning(
                 "nexus %s %s: attempt %d/%d failed (%s); retrying in %.2f s",
                 method,
@@ -515,25 +529,10 @@ def _answer(response: httpx.Response, retry_after_cap: float) -> Answer:
             body = None
     retry_after = None
     if response.status_code in (429, 503):
-        retry_after = _retry_after(response.headers.get("Retry-After"), retry_after_cap)
+        retry_after = retry_after_seconds(
+            response.headers.get("Retry-After"), datetime.now(UTC), retry_after_cap
+        )
     return Answer(response.status_code, body, _clip(text), retry_after)
-
-
-def _retry_after(raw: str | None, cap: float) -> float | None:
-    """The delay asked for (seconds or an HTTP date), capped; None when absent or unreadable."""
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, min(cap, seconds))
 
 
 def _clip(text: str) -> str:

@@ -338,31 +338,24 @@ class NexusKnowledgeGraph(KnowledgeGraph):
             source = _Source(stream, size, self.settings)
         except _SizeMismatch as exc:
             raise SyncIncomplete([relative_path], f"{relative_path}: {exc}") from None
+
+        def holds_it(current: dict[str, Any]) -> bool:
+            stored = _stored_sha256(current)
+            return (
+                stored is not None
+                and current.get("_bytes") == size
+                and stored == (known or source.digest())
+            )
+
         try:
-            existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-            if existing is None:
-                answer = self._send_file(t, None, source)
-                if answer.status == 201:
-                    return self._uploaded(t, answer.body, source, known)
-                if not answer.is_(409, "ResourceAlreadyExists"):
-                    raise self.nexus.refused(answer, t.doing("upload"))
-                existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-            for _ in range(self.settings.max_conflicts):
-                current = t.usable(existing)
-                stored = _stored_sha256(current)
-                if (
-                    stored is not None
-                    and current.get("_bytes") == size
-                    and stored == (known or source.digest())
-                ):
-                    return _file_of(current, t.ident, t.address)
-                answer = self._send_file(t, _rev(current, t.ident), source)
-                if answer.status == 200:
-                    return self._uploaded(t, answer.body, source, known)
-                if not answer.is_(409, "IncorrectRev"):
-                    raise self.nexus.refused(answer, t.doing("upload"))
-                existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-            raise ServiceUnavailable(f"Nexus file {t.ident} kept changing while it was uploaded")
+            return self._put_file(
+                t,
+                "uploaded",
+                send=lambda rev: self._send_file(t, rev, source),
+                holds_it=holds_it,
+                written=lambda body: self._uploaded(t, body, source, known),
+                refused=lambda answer: self.nexus.refused(answer, t.doing("upload")),
+            )
         except _SizeMismatch as exc:
             raise SyncIncomplete([relative_path], f"{relative_path}: {exc}") from None
         finally:
@@ -391,25 +384,16 @@ class NexusKnowledgeGraph(KnowledgeGraph):
         when given: an object that changed is linked again). A key that is not in the bucket
         is ``SyncIncomplete``."""
         t = self._target(run, relative_path, media_type)
-        existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-        if existing is None:
-            answer = self._send_link(t, None, s3_key)
-            if answer.status == 201:
-                return _file_of(answer.body, t.ident, t.address)
-            if not answer.is_(409, "ResourceAlreadyExists"):
-                raise self._link_refused(t, answer, s3_key)
-            existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-        for _ in range(self.settings.max_conflicts):
-            current = t.usable(existing)
-            if _links_to(current, s3_key) and (size is None or current.get("_bytes") == size):
-                return _file_of(current, t.ident, t.address)
-            answer = self._send_link(t, _rev(current, t.ident), s3_key)
-            if answer.status == 200:
-                return _file_of(answer.body, t.ident, t.address)
-            if not answer.is_(409, "IncorrectRev"):
-                raise self._link_refused(t, answer, s3_key)
-            existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-        raise ServiceUnavailable(f"Nexus file {t.ident} kept changing while it was linked")
+        return self._put_file(
+            t,
+            "linked",
+            send=lambda rev: self._send_link(t, rev, s3_key),
+            holds_it=lambda current: (
+                _links_to(current, s3_key) and (size is None or current.get("_bytes") == size)
+            ),
+            written=lambda body: _file_of(body, t.ident, t.address),
+            refused=lambda answer: self._link_refused(t, answer, s3_key),
+        )
 
     # ================================================================ the documents
 
@@ -597,6 +581,38 @@ class NexusKnowledgeGraph(KnowledgeGraph):
             media_type or media_type_of(relative_path),
             self.nexus.file_address(org, project, ident),
         )
+
+    def _put_file(
+        self,
+        t: _Target,
+        verb: str,
+        *,
+        send: Callable[[int | None], Answer],
+        holds_it: Callable[[dict[str, Any]], bool],
+        written: Callable[[Any], NexusFile],
+        refused: Callable[[Answer], Exception],
+    ) -> NexusFile:
+        """Create the run's file, or update it at its current revision unless it already
+        ``holds_it``: ``ResourceAlreadyExists`` reads it, ``IncorrectRev`` reads it again."""
+        existing = self.nexus.file_metadata(t.org, t.project, t.ident)
+        if existing is None:
+            answer = send(None)
+            if answer.status == 201:
+                return written(answer.body)
+            if not answer.is_(409, "ResourceAlreadyExists"):
+                raise refused(answer)
+            existing = self.nexus.file_metadata(t.org, t.project, t.ident)
+        for _ in range(self.settings.max_conflicts):
+            current = t.usable(existing)
+            if holds_it(current):
+                return _file_of(current, t.ident, t.address)
+            answer = send(_rev(current, t.ident))
+            if answer.status == 200:
+                return written(answer.body)
+            if not answer.is_(409, "IncorrectRev"):
+                raise refused(answer)
+            existing = self.nexus.file_metadata(t.org, t.project, t.ident)
+        raise ServiceUnavailable(f"Nexus file {t.ident} kept changing while it was {verb}")
 
     def _send_file(self, t: _Target, rev: int | None, source: _Source) -> Answer:
         boundary = secrets.token_hex(16)

@@ -59,7 +59,6 @@ What the GET object does not carry, and where the handle gets it:
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import threading
@@ -76,7 +75,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.session import Session
 
-from obp_workflow.core.backoff import backoff_ceiling
+from obp_workflow.core.backoff import retry_after_seconds, retry_wait
 from obp_workflow.core.cluster import (
     ClusterHandle,
     LustreStorage,
@@ -497,12 +496,16 @@ class HttpProvisioner(ClusterProvisioner):
                 if answer.status != 429 and answer.status < 500:
                     return answer
                 last = f"{answer.status}: {answer.message}"
-                delay = _retry_after(response, s.max_retry_after_seconds)
+                delay = retry_after_seconds(
+                    response.headers.get("Retry-After"),
+                    datetime.now(UTC),
+                    s.max_retry_after_seconds,
+                )
             if attempt == s.max_attempts:
                 break
-            if delay is None:
-                ceiling = backoff_ceiling(attempt, s.backoff_base_seconds, s.backoff_cap_seconds)
-                delay = self._random.uniform(ceiling / 2, ceiling)
+            delay = retry_wait(
+                attempt, delay, s.backoff_base_seconds, s.backoff_cap_seconds, self._random.uniform
+            )
             log.warning(
                 "provisioner %s %s: attempt %d/%d failed (%s); retrying in %.2f s",
                 method,
@@ -573,21 +576,3 @@ def _failure_detail(status: str, described: Mapping[str, Any]) -> str:
     if status.startswith("DELETE_"):
         reasons.append("the cluster is being deleted or its deletion failed")
     return status + (": " + "; ".join(r for r in reasons if r) if reasons else "")
-
-
-def _retry_after(response: httpx.Response, cap: float) -> float | None:
-    """The delay a 429/503 asks for (seconds or an HTTP date), capped; None when absent."""
-    raw = response.headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, min(cap, seconds))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from obp_workflow.core.backoff import backoff_ceiling
+from obp_workflow.core.backoff import retry_wait
 from obp_workflow.core.cluster import ClusterHandle, KeyRole, SecretRef
 from obp_workflow.core.errors import (
     ClusterAccessDenied,
@@ -294,12 +294,14 @@ class SshPool:
         except ClusterUnreachable as exc:
             health.failures += 1
             health.last_error = exc.message
-            delay = backoff_ceiling(
+            delay = retry_wait(
                 health.failures,
+                None,
                 self.settings.backoff_base_seconds,
                 self.settings.backoff_cap_seconds,
+                random.uniform,  # jitter, not cryptography
             )
-            health.retry_at = self._now() + delay * random.uniform(0.5, 1.0)  # noqa: S311
+            health.retry_at = self._now() + delay
             raise
         health.failures = 0
         health.retry_at = 0.0
