@@ -57,11 +57,12 @@ sys.path.insert(0, str(REPO))
 
 from tests.keycloak_issuer import KeycloakIssuer  # noqa: E402
 
-from obp_workflow.adapters.fake.simple import StaticTokenVerifier  # noqa: E402
+from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier  # noqa: E402
 from obp_workflow.core.identity import Principal, parse_groups  # noqa: E402
-from obp_workflow.entrypoints import lambda_api, lambda_authorizer  # noqa: E402
-from obp_workflow.entrypoints.bootstrap import build  # noqa: E402
-from obp_workflow.entrypoints.settings import load_settings  # noqa: E402
+from obp_workflow.entrypoints.aws_lambda import api as lambda_api  # noqa: E402
+from obp_workflow.entrypoints.aws_lambda import authorizer as lambda_authorizer  # noqa: E402
+from obp_workflow.entrypoints.composition.root import build  # noqa: E402
+from obp_workflow.entrypoints.composition.settings import load_settings  # noqa: E402
 
 BASE_PYTHON = os.path.join(sys.base_prefix, "bin", "python3")
 PYTHON = sys.executable
@@ -83,7 +84,7 @@ CHILD = {
     "authorizer": """
 import time
 t0 = time.perf_counter()
-from obp_workflow.entrypoints import lambda_authorizer as module
+from obp_workflow.entrypoints.aws_lambda import authorizer as module
 t1 = time.perf_counter()
 event = {"type": "REQUEST", "methodArn": %(arn)r, "headers": {"Authorization": "Bearer cold"}}
 try:
@@ -96,7 +97,7 @@ print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000, "at": t
     "authorizer (valid token)": """
 import time
 t0 = time.perf_counter()
-from obp_workflow.entrypoints import lambda_authorizer as module
+from obp_workflow.entrypoints.aws_lambda import authorizer as module
 t1 = time.perf_counter()
 event = {"type": "REQUEST", "methodArn": %(arn)r, "headers": {"Authorization": %(bearer)r}}
 answer = module.handler(event, None)
@@ -108,7 +109,7 @@ print({"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000, "at": t
     "api": """
 import time
 t0 = time.perf_counter()
-from obp_workflow.entrypoints import lambda_api as module
+from obp_workflow.entrypoints.aws_lambda import api as module
 t1 = time.perf_counter()
 event = %(event)r
 response = module.handler(event, None)
@@ -387,18 +388,21 @@ def cold(runs: int) -> None:
                 )
     print()
     imports = {
-        "the authorizer module": "import obp_workflow.entrypoints.lambda_authorizer",
+        "the authorizer module": "import obp_workflow.entrypoints.aws_lambda.authorizer",
         "the authorizer's first call (the fake token verifier)": (
-            "import obp_workflow.entrypoints.lambda_authorizer, obp_workflow.entrypoints.tokens, "
-            "obp_workflow.adapters.fake.tokens"
+            "import obp_workflow.entrypoints.aws_lambda.authorizer, "
+            "obp_workflow.entrypoints.composition.token_verifier, "
+            "obp_workflow.adapters.fake.token_verifier"
         ),
         "the authorizer's first call (the Keycloak verifier)": (
-            "import obp_workflow.entrypoints.lambda_authorizer, obp_workflow.entrypoints.tokens, "
+            "import obp_workflow.entrypoints.aws_lambda.authorizer, "
+            "obp_workflow.entrypoints.composition.token_verifier, "
             "obp_workflow.adapters.keycloak.verifier"
         ),
-        "the API module": "import obp_workflow.entrypoints.lambda_api",
+        "the API module": "import obp_workflow.entrypoints.aws_lambda.api",
         "the composition root (the API's first call, beyond the API module)": (
-            "import obp_workflow.entrypoints.lambda_api, obp_workflow.entrypoints.bootstrap"
+            "import obp_workflow.entrypoints.aws_lambda.api, "
+            "obp_workflow.entrypoints.composition.root"
         ),
     }
     api_module = imports["the API module"]
@@ -413,7 +417,7 @@ def cold(runs: int) -> None:
 
 def warm(requests: int) -> None:
     principal = Principal("bench-user", "bench", parse_groups([f"/proj/{VLAB}/{PROJECT}/member"]))
-    container = build(load_settings(), tokens=StaticTokenVerifier({"warm": principal}))
+    container = build(load_settings(), token_verifier=FakeTokenVerifier({"warm": principal}))
     lambda_api.use_container(container)
     lambda_authorizer.use_container(container)
 

@@ -29,17 +29,18 @@ import paramiko
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.application import application  # noqa: E402
 from tests.contract.harness_slurm import stack_cluster  # noqa: E402
 from tests.stack import STACK_DIR, slurm, stack  # noqa: E402
 
-from obp_workflow.adapters.fake.provisioner import FakeProvisioner  # noqa: E402
-from obp_workflow.adapters.fake.runs import InMemoryRunRepository  # noqa: E402
-from obp_workflow.adapters.fake.simple import InMemoryInstances  # noqa: E402
-from obp_workflow.adapters.fake.system import RecordingPublisher, SequentialIds  # noqa: E402
-from obp_workflow.adapters.local.system import SystemClock  # noqa: E402
+from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner  # noqa: E402
+from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher  # noqa: E402
+from obp_workflow.adapters.fake.id_generator import FakeIdGenerator  # noqa: E402
+from obp_workflow.adapters.fake.instance_orchestrator import FakeInstanceOrchestrator  # noqa: E402
+from obp_workflow.adapters.fake.run_repository import FakeRunRepository  # noqa: E402
 from obp_workflow.adapters.ssh.connection import Endpoint, PoolSettings, SshPool  # noqa: E402
-from obp_workflow.adapters.ssh.slurm import SlurmGateway  # noqa: E402
-from obp_workflow.application.service import WorkflowService  # noqa: E402
+from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway  # noqa: E402
+from obp_workflow.adapters.system.clock import SystemClock  # noqa: E402
 from obp_workflow.core.cluster import KeyRole  # noqa: E402
 from obp_workflow.core.identity import ProjectRef  # noqa: E402
 from obp_workflow.core.request import SimulationRequest  # noqa: E402
@@ -169,7 +170,7 @@ def monitor_cost(sizes: Sequence[int], cycles: int) -> list[dict[str, float]]:
             f"  {size:>6} runs: {len(job_ids)} held jobs submitted in "
             f"{time.perf_counter() - t0:.1f} s"
         )
-        repo = InMemoryRunRepository()
+        repo = FakeRunRepository()
         clock = SystemClock()
         request = SimulationRequest.parse({"command": ["true"]})
         for i, job_id in enumerate(job_ids):
@@ -184,24 +185,27 @@ def monitor_cost(sizes: Sequence[int], cycles: int) -> list[dict[str, float]]:
             run.job_submitted(now, job_id)
             repo.add(run)
         pool = SshPool(secrets, BENCH_POOL)
-        service = WorkflowService(
-            runs=repo,
-            provisioner=FakeProvisioner(ready_after=0, cluster_for=lambda _p: cluster),
-            gateway=SlurmGateway(pool),
-            synchronizer=None,  # type: ignore[arg-type]  # not reached: no run leaves QUEUED
+        service = application(
+            run_repository=repo,
+            cluster_provisioner=FakeClusterProvisioner(
+                ready_after=0, cluster_for=lambda _p: cluster
+            ),
+            cluster_gateway=SlurmClusterGateway(pool),
+            data_synchronizer=None,  # type: ignore[arg-type]  # not reached: no run leaves QUEUED
             knowledge_graph=None,  # type: ignore[arg-type]
-            instances=InMemoryInstances(clock),
+            instance_orchestrator=FakeInstanceOrchestrator(clock),
             clock=clock,
-            ids=SequentialIds(),
-            events=RecordingPublisher(),
+            id_generator=FakeIdGenerator(),
+            event_publisher=FakeEventPublisher(),
         )
-        service.provisioner.request(PROJECT)
-        service.monitor_cycle()  # connect, and the first change (PENDING raw line recorded)
+        service.pipeline.cluster_provisioner.request(PROJECT)
+        # Connect, and the first change (PENDING raw line recorded).
+        service.pipeline.monitor_cycle()
         walls, cpus, commands = [], [], []
         for _ in range(cycles):
             sent = pool.commands_sent()
             cpu, wall = time.process_time(), time.perf_counter()
-            report = service.monitor_cycle()
+            report = service.pipeline.monitor_cycle()
             walls.append(time.perf_counter() - wall)
             cpus.append(time.process_time() - cpu)
             commands.append(pool.commands_sent() - sent)

@@ -13,38 +13,45 @@ from typing import Any
 
 import pytest
 
-from obp_workflow.adapters.fake.system import ManualClock, RecordingPublisher, SequentialIds
-from obp_workflow.adapters.local.system import LogPublisher, SystemClock, UuidIds
+from obp_workflow.adapters.fake.clock import FakeClock
+from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher
+from obp_workflow.adapters.fake.id_generator import FakeIdGenerator
+from obp_workflow.adapters.system.clock import SystemClock
+from obp_workflow.adapters.system.event_publisher import LogEventPublisher
+from obp_workflow.adapters.system.id_generator import UuidIdGenerator
 from obp_workflow.ports.system import Clock, EventPublisher, IdGenerator
 from tests.contract.harness import (
     T0,
-    ClusterHarness,
-    FakeClusterHarness,
-    FakeGraphHarness,
-    FakeInstancesHarness,
-    FakeProvisionerHarness,
+    ClusterGatewayHarness,
+    ClusterProvisionerHarness,
+    DataSynchronizerHarness,
+    FakeClusterGatewayHarness,
+    FakeClusterProvisionerHarness,
+    FakeDataSynchronizerHarness,
+    FakeInstanceOrchestratorHarness,
+    FakeKnowledgeGraphHarness,
     FakeRunRepositoryHarness,
     FakeSecretStoreHarness,
-    FakeSyncHarness,
-    FakeVerifierHarness,
-    GraphHarness,
-    InstancesHarness,
-    ProvisionerHarness,
+    FakeTokenVerifierHarness,
+    InstanceOrchestratorHarness,
+    KnowledgeGraphHarness,
     RunRepositoryHarness,
     SecretStoreHarness,
-    SyncHarness,
-    VerifierHarness,
+    TokenVerifierHarness,
 )
-from tests.contract.harness_aws import EcsInstancesHarness, SecretsManagerHarness
-from tests.contract.harness_keycloak import KeycloakVerifierHarness
-from tests.contract.harness_nexus import NexusGraphHarness
-from tests.contract.harness_provisioner import HttpProvisionerHarness
+from tests.contract.harness_aws import (
+    EcsInstanceOrchestratorHarness,
+    SecretsManagerSecretStoreHarness,
+)
+from tests.contract.harness_keycloak import KeycloakTokenVerifierHarness
+from tests.contract.harness_nexus import NexusKnowledgeGraphHarness
+from tests.contract.harness_provisioner import HttpClusterProvisionerHarness
 from tests.contract.harness_repositories import (
     DynamoRunRepositoryHarness,
     SqliteRunRepositoryHarness,
 )
-from tests.contract.harness_slurm import SlurmClusterHarness
-from tests.contract.harness_sync import LustreHsmSyncHarness, NexusUploadSyncHarness
+from tests.contract.harness_slurm import SlurmClusterGatewayHarness
+from tests.contract.harness_sync import LustreHsmSynchronizerHarness, NexusUploadSynchronizerHarness
 
 RUN_REPOSITORIES = [
     pytest.param(FakeRunRepositoryHarness, id="fake"),
@@ -52,48 +59,48 @@ RUN_REPOSITORIES = [
     pytest.param(DynamoRunRepositoryHarness, id="dynamodb"),
 ]
 CLUSTER_GATEWAYS = [
-    pytest.param(FakeClusterHarness, id="fake"),
-    pytest.param(SlurmClusterHarness, id="ssh-slurm", marks=pytest.mark.stack),
+    pytest.param(FakeClusterGatewayHarness, id="fake"),
+    pytest.param(SlurmClusterGatewayHarness, id="ssh-slurm", marks=pytest.mark.stack),
 ]
 PROVISIONERS = [
-    pytest.param(FakeProvisionerHarness, id="fake"),
-    pytest.param(HttpProvisionerHarness, id="provisioner-http"),
+    pytest.param(FakeClusterProvisionerHarness, id="fake"),
+    pytest.param(HttpClusterProvisionerHarness, id="provisioner-http"),
 ]
 SECRET_STORES = [
     pytest.param(FakeSecretStoreHarness, id="fake"),
-    pytest.param(SecretsManagerHarness, id="secretsmanager"),
+    pytest.param(SecretsManagerSecretStoreHarness, id="secretsmanager"),
 ]
 INSTANCE_ORCHESTRATORS = [
-    pytest.param(FakeInstancesHarness, id="fake"),
-    pytest.param(EcsInstancesHarness, id="ecs"),
+    pytest.param(FakeInstanceOrchestratorHarness, id="fake"),
+    pytest.param(EcsInstanceOrchestratorHarness, id="ecs"),
 ]
 # The two ways out of a cluster, each in memory and for real.
 DATA_SYNCHRONIZERS = [
-    pytest.param(lambda: FakeSyncHarness(lustre=True), id="fake-lustre"),
-    pytest.param(lambda: FakeSyncHarness(lustre=False), id="fake-upload"),
-    pytest.param(LustreHsmSyncHarness, id="lustre-hsm", marks=pytest.mark.stack),
-    pytest.param(NexusUploadSyncHarness, id="nexus-upload", marks=pytest.mark.stack),
+    pytest.param(lambda: FakeDataSynchronizerHarness(lustre=True), id="fake-lustre"),
+    pytest.param(lambda: FakeDataSynchronizerHarness(lustre=False), id="fake-upload"),
+    pytest.param(LustreHsmSynchronizerHarness, id="lustre-hsm", marks=pytest.mark.stack),
+    pytest.param(NexusUploadSynchronizerHarness, id="nexus-upload", marks=pytest.mark.stack),
 ]
 # Later: nexus-http.
 KNOWLEDGE_GRAPHS = [
-    pytest.param(FakeGraphHarness, id="fake"),
-    pytest.param(NexusGraphHarness, id="nexus-http"),
+    pytest.param(FakeKnowledgeGraphHarness, id="fake"),
+    pytest.param(NexusKnowledgeGraphHarness, id="nexus-http"),
 ]
 TOKEN_VERIFIERS = [
-    pytest.param(FakeVerifierHarness, id="fake"),
-    pytest.param(KeycloakVerifierHarness, id="keycloak"),
+    pytest.param(FakeTokenVerifierHarness, id="fake"),
+    pytest.param(KeycloakTokenVerifierHarness, id="keycloak"),
 ]
 CLOCKS = [
-    pytest.param(lambda: ManualClock(T0), id="manual"),
+    pytest.param(lambda: FakeClock(T0), id="fake"),
     pytest.param(SystemClock, id="system"),
 ]
 ID_GENERATORS = [
-    pytest.param(SequentialIds, id="sequential"),
-    pytest.param(UuidIds, id="uuid"),
+    pytest.param(FakeIdGenerator, id="fake"),
+    pytest.param(UuidIdGenerator, id="uuid"),
 ]
 EVENT_PUBLISHERS = [
-    pytest.param(RecordingPublisher, id="recording"),
-    pytest.param(LogPublisher, id="log"),
+    pytest.param(FakeEventPublisher, id="fake"),
+    pytest.param(LogEventPublisher, id="log"),
 ]
 
 
@@ -109,41 +116,47 @@ def _harness(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture(params=RUN_REPOSITORIES)
-def repo_harness(request: pytest.FixtureRequest) -> Iterator[RunRepositoryHarness]:
+def run_repository_harness(request: pytest.FixtureRequest) -> Iterator[RunRepositoryHarness]:
     yield from _harness(request)
 
 
 @pytest.fixture(params=CLUSTER_GATEWAYS)
-def cluster_harness(request: pytest.FixtureRequest) -> Iterator[ClusterHarness]:
+def cluster_gateway_harness(request: pytest.FixtureRequest) -> Iterator[ClusterGatewayHarness]:
     yield from _harness(request)
 
 
 @pytest.fixture(params=PROVISIONERS)
-def provisioner_harness(request: pytest.FixtureRequest) -> Iterator[ProvisionerHarness]:
+def cluster_provisioner_harness(
+    request: pytest.FixtureRequest,
+) -> Iterator[ClusterProvisionerHarness]:
     yield from _harness(request)
 
 
 @pytest.fixture(params=SECRET_STORES)
-def secrets_harness(request: pytest.FixtureRequest) -> Iterator[SecretStoreHarness]:
+def secret_store_harness(request: pytest.FixtureRequest) -> Iterator[SecretStoreHarness]:
     yield from _harness(request)
 
 
 @pytest.fixture(params=INSTANCE_ORCHESTRATORS)
-def instances_harness(request: pytest.FixtureRequest) -> Iterator[InstancesHarness]:
+def instance_orchestrator_harness(
+    request: pytest.FixtureRequest,
+) -> Iterator[InstanceOrchestratorHarness]:
     yield from _harness(request)
 
 
 @pytest.fixture(params=DATA_SYNCHRONIZERS)
-def sync_harness(request: pytest.FixtureRequest) -> Iterator[SyncHarness]:
+def data_synchronizer_harness(request: pytest.FixtureRequest) -> Iterator[DataSynchronizerHarness]:
     yield from _harness(request)
 
 
 @pytest.fixture(params=KNOWLEDGE_GRAPHS)
-def graph_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], GraphHarness]]:
+def knowledge_graph_factory(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[[], KnowledgeGraphHarness]]:
     """Builds harnesses of one adapter: a suite may need a second, fault-free graph to compare."""
-    made: list[GraphHarness] = []
+    made: list[KnowledgeGraphHarness] = []
 
-    def make() -> GraphHarness:
+    def make() -> KnowledgeGraphHarness:
         made.append(request.param())
         return made[-1]
 
@@ -155,12 +168,14 @@ def graph_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Graph
 
 
 @pytest.fixture
-def graph_harness(graph_factory: Callable[[], GraphHarness]) -> GraphHarness:
-    return graph_factory()
+def knowledge_graph_harness(
+    knowledge_graph_factory: Callable[[], KnowledgeGraphHarness],
+) -> KnowledgeGraphHarness:
+    return knowledge_graph_factory()
 
 
 @pytest.fixture(params=TOKEN_VERIFIERS)
-def verifier_harness(request: pytest.FixtureRequest) -> Iterator[VerifierHarness]:
+def token_verifier_harness(request: pytest.FixtureRequest) -> Iterator[TokenVerifierHarness]:
     yield from _harness(request)
 
 

@@ -6,7 +6,7 @@ suite talks to the adapter only through its port, and to the outside world only 
 harness protocol below, so the same tests prove the fakes and the production adapters.
 
 Where a real system can be driven by what is sent to it, the harness does that (a job that
-must fail with exit code 3 is a job whose command is ``exit 3``: see ``ClusterHarness.job``);
+must fail with exit code 3 is a job whose command is ``exit 3``: see ``ClusterGatewayHarness.job``);
 controls a real system cannot offer on demand (a lost reply, an unreachable head node) are
 harness methods with one meaning, which a real harness implements its own way (a TCP proxy
 that drops the reply, a closed port).
@@ -33,21 +33,16 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from obp_workflow.adapters.fake.cluster import FakeCluster
-from obp_workflow.adapters.fake.knowledge_graph import (
-    InMemoryKnowledgeGraph,
-    activity_id,
-    entity_id,
-)
-from obp_workflow.adapters.fake.provisioner import FakeProvisioner, example_cluster
-from obp_workflow.adapters.fake.runs import InMemoryRunRepository
-from obp_workflow.adapters.fake.simple import (
-    InMemoryInstances,
-    InMemorySecretStore,
-    StaticTokenVerifier,
-)
-from obp_workflow.adapters.fake.sync import FakeDataSynchronizer, InMemoryBucket
-from obp_workflow.adapters.fake.system import ManualClock
+from obp_workflow.adapters.fake.clock import FakeClock
+from obp_workflow.adapters.fake.cluster_gateway import FakeClusterGateway
+from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner, example_cluster
+from obp_workflow.adapters.fake.data_synchronizer import FakeDataSynchronizer
+from obp_workflow.adapters.fake.instance_orchestrator import FakeInstanceOrchestrator
+from obp_workflow.adapters.fake.knowledge_graph import FakeKnowledgeGraph, activity_id, entity_id
+from obp_workflow.adapters.fake.object_store import FakeObjectStore
+from obp_workflow.adapters.fake.run_repository import FakeRunRepository
+from obp_workflow.adapters.fake.secret_store import FakeSecretStore
+from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier
 from obp_workflow.core.cluster import ClusterHandle, LustreStorage, ProvisioningPhase, SecretRef
 from obp_workflow.core.errors import DomainError, SubmissionUnclear
 from obp_workflow.core.identity import Principal, ProjectRef
@@ -152,7 +147,7 @@ class RunRepositoryHarness(Protocol):
 
 class FakeRunRepositoryHarness:
     def __init__(self) -> None:
-        self.fake = InMemoryRunRepository()
+        self.fake = FakeRunRepository()
         self.repo: RunRepository = self.fake
 
     def damage(self, project: ProjectRef, run_id: str, how: Damage) -> None:
@@ -216,7 +211,7 @@ class Job:
         return self.spec.run_folder
 
 
-class ClusterHarness(Protocol):
+class ClusterGatewayHarness(Protocol):
     gateway: ClusterGateway
     cluster: ClusterHandle
 
@@ -270,9 +265,9 @@ _FAKE_ENDINGS: dict[Ending, tuple[JobState, int]] = {
 }
 
 
-class FakeClusterHarness:
+class FakeClusterGatewayHarness:
     def __init__(self, *, lustre: bool = True, output_size: int = 64) -> None:
-        self.fake = FakeCluster(output_size=output_size)
+        self.fake = FakeClusterGateway(output_size=output_size)
         self.gateway: ClusterGateway = self.fake
         self.cluster = example_cluster(PROJECT_A, lustre=lustre)
 
@@ -338,7 +333,7 @@ class FakeClusterHarness:
 # ==================================================================== ClusterProvisioner
 
 
-class ProvisionerHarness(Protocol):
+class ClusterProvisionerHarness(Protocol):
     provisioner: ClusterProvisioner
 
     def creations(self) -> int:
@@ -353,11 +348,11 @@ class ProvisionerHarness(Protocol):
     def close(self) -> None: ...
 
 
-class FakeProvisionerHarness:
+class FakeClusterProvisionerHarness:
     READY_AFTER = 3
 
     def __init__(self) -> None:
-        self.fake = FakeProvisioner(ready_after=self.READY_AFTER)
+        self.fake = FakeClusterProvisioner(ready_after=self.READY_AFTER)
         self.provisioner: ClusterProvisioner = self.fake
 
     def creations(self) -> int:
@@ -390,7 +385,7 @@ class SecretStoreHarness(Protocol):
 
 class FakeSecretStoreHarness:
     def __init__(self) -> None:
-        self.fake = InMemorySecretStore()
+        self.fake = FakeSecretStore()
         self.store: SecretStore = self.fake
 
     def put(self, name: str, value: str) -> SecretRef:
@@ -405,7 +400,7 @@ class FakeSecretStoreHarness:
 # ==================================================================== InstanceOrchestrator
 
 
-class InstancesHarness(Protocol):
+class InstanceOrchestratorHarness(Protocol):
     orchestrator: InstanceOrchestrator
 
     def starts(self) -> int:
@@ -414,9 +409,9 @@ class InstancesHarness(Protocol):
     def close(self) -> None: ...
 
 
-class FakeInstancesHarness:
+class FakeInstanceOrchestratorHarness:
     def __init__(self) -> None:
-        self.fake = InMemoryInstances(ManualClock(T0))
+        self.fake = FakeInstanceOrchestrator(FakeClock(T0))
         self.orchestrator: InstanceOrchestrator = self.fake
 
     def starts(self) -> int:
@@ -429,7 +424,7 @@ class FakeInstancesHarness:
 # ==================================================================== DataSynchronizer
 
 
-class CountingBucket(InMemoryBucket):
+class CountingBucket(FakeObjectStore):
     """The fake bucket, counting the objects written to it."""
 
     def __init__(self) -> None:
@@ -441,7 +436,7 @@ class CountingBucket(InMemoryBucket):
         super().put(bucket, key, data)
 
 
-class BlockingGraph(InMemoryKnowledgeGraph):
+class BlockingGraph(FakeKnowledgeGraph):
     """The fake knowledge graph, counting file uploads; files in ``blocked`` never land."""
 
     def __init__(self) -> None:
@@ -459,7 +454,7 @@ class BlockingGraph(InMemoryKnowledgeGraph):
         return digest
 
 
-class SyncHarness(Protocol):
+class DataSynchronizerHarness(Protocol):
     sync: DataSynchronizer
     gateway: ClusterGateway
     cluster: ClusterHandle
@@ -485,13 +480,13 @@ class SyncHarness(Protocol):
     def close(self) -> None: ...
 
 
-class FakeSyncHarness:
+class FakeDataSynchronizerHarness:
     def __init__(self, *, lustre: bool) -> None:
         # A small nominal size: every output is longer, so each has its own size.
-        self.cluster_harness = FakeClusterHarness(lustre=lustre, output_size=16)
-        self.fake_cluster = self.cluster_harness.fake
+        self.cluster_gateway_harness = FakeClusterGatewayHarness(lustre=lustre, output_size=16)
+        self.fake_cluster = self.cluster_gateway_harness.fake
         self.gateway: ClusterGateway = self.fake_cluster
-        self.cluster = self.cluster_harness.cluster
+        self.cluster = self.cluster_gateway_harness.cluster
         self.bucket = CountingBucket()
         self.graph = BlockingGraph()
         self.sync: DataSynchronizer = FakeDataSynchronizer(
@@ -499,16 +494,16 @@ class FakeSyncHarness:
         )
 
     def run_simulation(self, outputs: Sequence[str]) -> tuple[RunHeader, SyncPlan]:
-        job = self.cluster_harness.job(Ending.COMPLETE, outputs=outputs)
+        job = self.cluster_gateway_harness.job(Ending.COMPLETE, outputs=outputs)
         job_id = self.gateway.submit(self.cluster, job.spec)
-        self.cluster_harness.let_finish(job_id)
+        self.cluster_gateway_harness.let_finish(job_id)
         found = {f.path: f.size for f in self.gateway.list_outputs(self.cluster, job.folder)}
         plan = choose_sync(self.cluster.storage, job.folder, list(outputs), found, SyncLimits())
         assert not isinstance(plan, SyncRefused), plan
         return job.header, plan
 
     def let_sync_job_finish(self, job_id: str) -> None:
-        self.cluster_harness.let_finish(job_id)
+        self.cluster_gateway_harness.let_finish(job_id)
 
     def block(self, header: RunHeader, plan: SyncPlan, relative_path: str) -> None:
         (file,) = [f for f in plan.files if f.relative_path == relative_path]
@@ -548,7 +543,7 @@ class FakeSyncHarness:
 GRAPH_BUCKET = "obp-graph-storage"
 
 
-class GraphHarness(Protocol):
+class KnowledgeGraphHarness(Protocol):
     graph: KnowledgeGraph
 
     def put_object(self, key: str, data: bytes) -> None:
@@ -576,10 +571,10 @@ class GraphHarness(Protocol):
     def close(self) -> None: ...
 
 
-class FakeGraphHarness:
+class FakeKnowledgeGraphHarness:
     def __init__(self) -> None:
-        self.bucket = InMemoryBucket()
-        self.fake = InMemoryKnowledgeGraph(self.bucket, GRAPH_BUCKET)
+        self.bucket = FakeObjectStore()
+        self.fake = FakeKnowledgeGraph(self.bucket, GRAPH_BUCKET)
         self.graph: KnowledgeGraph = self.fake
 
     def put_object(self, key: str, data: bytes) -> None:
@@ -613,7 +608,7 @@ class FakeGraphHarness:
 # ==================================================================== TokenVerifier
 
 
-class VerifierHarness(Protocol):
+class TokenVerifierHarness(Protocol):
     verifier: TokenVerifier
 
     def issue(self, principal: Principal) -> str:
@@ -622,9 +617,9 @@ class VerifierHarness(Protocol):
     def close(self) -> None: ...
 
 
-class FakeVerifierHarness:
+class FakeTokenVerifierHarness:
     def __init__(self) -> None:
-        self.fake = StaticTokenVerifier()
+        self.fake = FakeTokenVerifier()
         self.verifier: TokenVerifier = self.fake
         self._n = itertools.count(1)
 
@@ -641,10 +636,14 @@ class FakeVerifierHarness:
 
 if TYPE_CHECKING:  # mypy proves each harness implements its port's harness protocol
     _run_repositories: list[Callable[[], RunRepositoryHarness]] = [FakeRunRepositoryHarness]
-    _cluster_gateways: list[Callable[[], ClusterHarness]] = [FakeClusterHarness]
-    _provisioners: list[Callable[[], ProvisionerHarness]] = [FakeProvisionerHarness]
+    _cluster_gateways: list[Callable[[], ClusterGatewayHarness]] = [FakeClusterGatewayHarness]
+    _provisioners: list[Callable[[], ClusterProvisionerHarness]] = [FakeClusterProvisionerHarness]
     _secret_stores: list[Callable[[], SecretStoreHarness]] = [FakeSecretStoreHarness]
-    _orchestrators: list[Callable[[], InstancesHarness]] = [FakeInstancesHarness]
-    _synchronizers: list[Callable[[], SyncHarness]] = [lambda: FakeSyncHarness(lustre=True)]
-    _graphs: list[Callable[[], GraphHarness]] = [FakeGraphHarness]
-    _verifiers: list[Callable[[], VerifierHarness]] = [FakeVerifierHarness]
+    _orchestrators: list[Callable[[], InstanceOrchestratorHarness]] = [
+        FakeInstanceOrchestratorHarness
+    ]
+    _synchronizers: list[Callable[[], DataSynchronizerHarness]] = [
+        lambda: FakeDataSynchronizerHarness(lustre=True)
+    ]
+    _graphs: list[Callable[[], KnowledgeGraphHarness]] = [FakeKnowledgeGraphHarness]
+    _verifiers: list[Callable[[], TokenVerifierHarness]] = [FakeTokenVerifierHarness]

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 
-from obp_workflow.adapters.aws.ecs import EcsInstances, EcsTaskConfig
+from obp_workflow.adapters.aws.ecs import EcsInstanceOrchestrator, EcsTaskConfig
 from obp_workflow.adapters.aws.s3 import S3ObjectStore
-from obp_workflow.adapters.aws.secrets import SecretsManagerStore
-from obp_workflow.adapters.fake.sync import InMemoryBucket
+from obp_workflow.adapters.aws.secrets import SecretsManagerSecretStore
+from obp_workflow.adapters.fake.object_store import FakeObjectStore
 from obp_workflow.core.cluster import SecretRef
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.ports.instances import InstanceOrchestrator
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_secretsmanager.client import SecretsManagerClient
 
-    from tests.contract.harness import InstancesHarness, SecretStoreHarness
+    from tests.contract.harness import InstanceOrchestratorHarness, SecretStoreHarness
 
 # ==================================================================== the moto server
 
@@ -225,8 +225,9 @@ FAMILY = "obp-workflow-instance"
 CONTAINER = "workflow"
 
 
-class EcsInstancesHarness:
-    """EcsInstances on a moto ECS cluster (FARGATE, awsvpc), through the clientToken proxy."""
+class EcsInstanceOrchestratorHarness:
+    """EcsInstanceOrchestrator on a moto ECS cluster (FARGATE, awsvpc), through the clientToken
+    proxy."""
 
     def __init__(self, **config: Any) -> None:
         fresh_moto()
@@ -265,10 +266,12 @@ class EcsInstancesHarness:
 
     def another_orchestrator(
         self, wall_clock: Callable[[], float] = time.time, **config: Any
-    ) -> EcsInstances:
+    ) -> EcsInstanceOrchestrator:
         """An orchestrator with its own client, as another process of the service would have."""
         client: ECSClient = aws_client("ecs", self.proxy.endpoint)
-        return EcsInstances(client, replace(self.config, **config), wall_clock=wall_clock)
+        return EcsInstanceOrchestrator(
+            client, replace(self.config, **config), wall_clock=wall_clock
+        )
 
     def starts(self) -> int:
         """Tasks moto ever started in the cluster (moto lists stopped ones too, and keeps them)."""
@@ -318,8 +321,8 @@ class EcsInstancesHarness:
 # ==================================================================== SecretStore
 
 
-class SecretsManagerHarness:
-    """SecretsManagerStore on moto; ``gets()`` counts the GetSecretValue calls it made."""
+class SecretsManagerSecretStoreHarness:
+    """SecretsManagerSecretStore on moto; ``gets()`` counts the GetSecretValue calls it made."""
 
     def __init__(
         self, *, ttl_seconds: float = 300, clock: Callable[[], float] = time.monotonic
@@ -329,7 +332,7 @@ class SecretsManagerHarness:
         self._gets = 0
         self._lock = threading.Lock()
         self.client.meta.events.register("before-call.secrets-manager.GetSecretValue", self._count)
-        self.store: SecretStore = SecretsManagerStore(self.client, ttl_seconds, clock)
+        self.store: SecretStore = SecretsManagerSecretStore(self.client, ttl_seconds, clock)
 
     def _count(self, **_kwargs: Any) -> None:
         with self._lock:
@@ -365,7 +368,7 @@ class ObjectStoreHarness(Protocol):
 
 class FakeObjectStoreHarness:
     def __init__(self) -> None:
-        self.fake = InMemoryBucket()
+        self.fake = FakeObjectStore()
         self.store: ObjectStore = self.fake
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
@@ -425,8 +428,10 @@ def md5_etag(data: bytes) -> str:
 # ==================================================================== static conformance
 
 if TYPE_CHECKING:  # mypy proves each harness implements its port's harness protocol
-    _orchestrators: list[Callable[[], InstancesHarness]] = [EcsInstancesHarness]
-    _secret_stores: list[Callable[[], SecretStoreHarness]] = [SecretsManagerHarness]
+    _orchestrators: list[Callable[[], InstanceOrchestratorHarness]] = [
+        EcsInstanceOrchestratorHarness
+    ]
+    _secret_stores: list[Callable[[], SecretStoreHarness]] = [SecretsManagerSecretStoreHarness]
     _object_stores: list[Callable[[], ObjectStoreHarness]] = [
         FakeObjectStoreHarness,
         S3ObjectStoreHarness,

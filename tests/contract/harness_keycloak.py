@@ -15,7 +15,7 @@ from obp_workflow.ports.identity import TokenVerifier
 from tests.keycloak_issuer import CLIENT_ID, KeycloakIssuer
 
 if TYPE_CHECKING:
-    from tests.contract.harness import VerifierHarness
+    from tests.contract.harness import TokenVerifierHarness
 
 
 def group_path(membership: Membership) -> str:
@@ -26,7 +26,7 @@ def group_path(membership: Membership) -> str:
     return f"/proj/{membership.virtual_lab_id}/{membership.project_id}/{role}"
 
 
-class KeycloakVerifierHarness:
+class KeycloakTokenVerifierHarness:
     def __init__(self) -> None:
         self.issuer = KeycloakIssuer()
         self.keycloak = KeycloakTokenVerifier(
@@ -49,4 +49,4 @@ class KeycloakVerifierHarness:
 
 
 if TYPE_CHECKING:  # mypy proves the harness implements the harness protocol
-    _verifiers: list[Callable[[], VerifierHarness]] = [KeycloakVerifierHarness]
+    _verifiers: list[Callable[[], TokenVerifierHarness]] = [KeycloakTokenVerifierHarness]

@@ -58,7 +58,7 @@ def nexus_settings(server: NexusServer, **overrides: Any) -> NexusSettings:
     return NexusSettings(**values)
 
 
-class NexusGraphHarness:
+class NexusKnowledgeGraphHarness:
     def __init__(self, *, detect_no_change: bool = DETECT_NO_CHANGE) -> None:
         self.s3 = aws_client("s3")
         self.s3.create_bucket(Bucket=GRAPH_BUCKET)  # idempotent in us-east-1

@@ -1,4 +1,5 @@
-"""The ClusterProvisioner contract against HttpProvisioner over the SigV4-checking test server.
+"""The ClusterProvisioner contract against HttpClusterProvisioner over the SigV4-checking test
+server.
 
 The server (``tests/provisioner_server.py``) plays API Gateway and the provisioner over real HTTP
 on loopback. By default a creation unfolds as in production, only in fewer looks: the first GET
@@ -16,7 +17,7 @@ import hashlib
 import struct
 from typing import Any
 
-from obp_workflow.adapters.provisioner.http import HttpProvisioner, ProvisionerSettings
+from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner, ProvisionerSettings
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.ports.cluster import ClusterProvisioner
 from tests.provisioner_server import CREDENTIALS, REGION, Lifecycle, ProvisionerServer
@@ -43,7 +44,7 @@ def fake_host_key(cluster_name: str) -> str:
     return "ssh-ed25519 " + base64.b64encode(blob).decode()
 
 
-class HttpProvisionerHarness:
+class HttpClusterProvisionerHarness:
     def __init__(
         self,
         *,
@@ -59,7 +60,7 @@ class HttpProvisionerHarness:
 
     def adapter(
         self, settings: ProvisionerSettings = TEST_SETTINGS, **kwargs: Any
-    ) -> HttpProvisioner:
+    ) -> HttpClusterProvisioner:
         """Another adapter on the same server (a restarted service, other settings...)."""
         options: dict[str, Any] = {
             "credentials": CREDENTIALS,
@@ -68,7 +69,7 @@ class HttpProvisionerHarness:
             "host_key_for": fake_host_key,
             **kwargs,
         }
-        return HttpProvisioner(self.server.url, **options)
+        return HttpClusterProvisioner(self.server.url, **options)
 
     def creations(self) -> int:
         return self.server.creations

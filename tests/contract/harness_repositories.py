@@ -33,7 +33,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from obp_workflow.adapters.aws.dynamodb import RUN_PREFIX, DynamoRunRepository, create_table
-from obp_workflow.adapters.local.sqlite import SqliteRunRepository
+from obp_workflow.adapters.sqlite.run_repository import SqliteRunRepository
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.records import run_to_record
 from obp_workflow.ports.runs import RunRepository
@@ -191,7 +191,7 @@ _HOP = frozenset(
 
 
 class DynamoRunRepositoryHarness:
-    #: Fixtures the contract's ``repo_harness`` passes to the constructor, by name.
+    #: Fixtures the contract's ``run_repository_harness`` passes to the constructor, by name.
     FIXTURES = ("moto",)
 
     def __init__(self, moto: MotoServer) -> None:

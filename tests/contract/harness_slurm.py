@@ -1,4 +1,5 @@
-"""The ClusterGateway contract against the real thing: SlurmGateway over SSH to the test stack.
+"""The ClusterGateway contract against the real thing: SlurmClusterGateway over SSH to the test
+stack.
 
 Jobs are submitted held (``#SBATCH --hold`` added to the spec's script by the harness, never by
 the adapter), so "a new job stays PENDING until let_start" holds on a real scheduler too. The
@@ -13,9 +14,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from obp_workflow.adapters.fake.simple import InMemorySecretStore
+from obp_workflow.adapters.fake.secret_store import FakeSecretStore
 from obp_workflow.adapters.ssh.connection import PoolSettings, SshPool
-from obp_workflow.adapters.ssh.slurm import SlurmGateway
+from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway
 from obp_workflow.core.cluster import ClusterHandle, SecretRef, SharedStorage
 from obp_workflow.core.jobspec import LOG_FILE, build_job_spec
 from obp_workflow.ports.cluster import ClusterGateway
@@ -53,10 +54,10 @@ TEST_POOL = PoolSettings(
 )
 
 
-def stack_cluster() -> tuple[ClusterHandle, InMemorySecretStore]:
+def stack_cluster() -> tuple[ClusterHandle, FakeSecretStore]:
     """The test stack as a ClusterHandle, with its keys in a secret store."""
     st = stack()
-    secrets = InMemorySecretStore(
+    secrets = FakeSecretStore(
         {"stack/user-key": st.private_key("sim"), "stack/admin-key": st.private_key("admin")}
     )
     home = st.home("sim")
@@ -76,11 +77,11 @@ def stack_cluster() -> tuple[ClusterHandle, InMemorySecretStore]:
     return cluster, secrets
 
 
-class SlurmClusterHarness:
+class SlurmClusterGatewayHarness:
     def __init__(self) -> None:
         self.cluster, self.secrets = stack_cluster()
         self.pool = SshPool(self.secrets, TEST_POOL)
-        self.gateway: ClusterGateway = SlurmGateway(self.pool)
+        self.gateway: ClusterGateway = SlurmClusterGateway(self.pool)
         self._endings: dict[str, Ending] = {}
         self._gates: dict[str, Path] = {}
         GATES.mkdir(mode=0o755, exist_ok=True)

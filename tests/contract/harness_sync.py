@@ -1,13 +1,13 @@
 """DataSynchronizer harnesses against the real stack.
 
-``lustre-hsm``: ``LustreHsmSynchronizer`` over ``SlurmGateway`` (SSH to the test stack, the
+``lustre-hsm``: ``LustreHsmSynchronizer`` over ``SlurmClusterGateway`` (SSH to the test stack, the
 elevated job as obpadmin) and ``S3ObjectStore`` (the session's moto server). There is no Lustre
 here: the stack's ``lfs`` test fixture (``scripts/stack/fixtures/lfs``) emulates the HSM over
 the folder standing for the mount; the harness points its DRA "project" at a moto bucket by
 rewriting the fixture's configuration (``/etc/obp-stack/lfs-hsm.conf``), and steers single
 files with the fixture's switches (``never``: the archive never arrives; ``slow``).
 
-The simulation jobs run for real (as obpsim, through ``SlurmClusterHarness``), in run folders
+The simulation jobs run for real (as obpsim, through ``SlurmClusterGatewayHarness``), in run folders
 under the emulated DRA root.
 """
 
@@ -25,7 +25,7 @@ from urllib.parse import unquote
 from obp_workflow.adapters.aws.s3 import S3ObjectStore
 from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
 from obp_workflow.adapters.nexus.upload import NexusUploadSynchronizer
-from obp_workflow.adapters.ssh.hsm import HsmSettings, LustreHsmSynchronizer
+from obp_workflow.adapters.sync.lustre_hsm import HsmSettings, LustreHsmSynchronizer
 from obp_workflow.core.cluster import LustreStorage
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import SyncLimits, SyncPlan, SyncRefused, choose_sync
@@ -34,14 +34,14 @@ from obp_workflow.ports.sync import DataSynchronizer
 from tests.contract.harness import PROJECT_A, PROJECT_B
 from tests.contract.harness_aws import aws_client, moto
 from tests.contract.harness_nexus import PUBLIC_BASE, nexus_settings
-from tests.contract.harness_slurm import SlurmClusterHarness, _accounted_end
+from tests.contract.harness_slurm import SlurmClusterGatewayHarness, _accounted_end
 from tests.nexus_server import TOKEN, NexusServer
 from tests.stack import slurm, stack, tagged_ids, wait_until
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
-    from tests.contract.harness import SyncHarness
+    from tests.contract.harness import DataSynchronizerHarness
 
 LFS_CONF = Path(os.environ.get("OBP_LFS_HSM_CONF", "/etc/obp-stack/lfs-hsm.conf"))
 BUCKET = "obp-nexus-data"
@@ -64,7 +64,7 @@ def _write_conf(conf: dict[str, Any]) -> None:
     partial.replace(LFS_CONF)
 
 
-class LustreHsmSyncHarness:
+class LustreHsmSynchronizerHarness:
     #: The elevated job polls the HSM state this often, and gives up after this long.
     POLL_SECONDS = 0.5
     WAIT_SECONDS = 60
@@ -80,7 +80,7 @@ class LustreHsmSyncHarness:
         _write_conf(conf)
         self.state_dir = Path(conf["state_dir"])
         mount = str(conf["mount_path"])
-        self.slurm = SlurmClusterHarness()
+        self.slurm = SlurmClusterGatewayHarness()
         storage = LustreStorage("fs-0123456789abcdef0", mount, DRA_PATH, BUCKET, PREFIX)
         self.cluster = dataclasses.replace(
             self.slurm.cluster, storage=storage, runs_root=f"{storage.dra_root}/runs"
@@ -98,7 +98,7 @@ class LustreHsmSyncHarness:
         self._switches: list[Path] = []
         self._tags: list[str] = []
 
-    # ---------------------------------------------------------------- SyncHarness
+    # ---------------------------------------------------------------- DataSynchronizerHarness
 
     def run_simulation(self, outputs: Sequence[str]) -> tuple[RunHeader, SyncPlan]:
         job = self.slurm.job(outputs=outputs)
@@ -168,9 +168,9 @@ class LustreHsmSyncHarness:
         return path.read_text() if path.exists() else ""
 
 
-class NexusUploadSyncHarness:
-    """``nexus-upload``: ``NexusUploadSynchronizer`` over ``SlurmGateway`` (the test stack, whose
-    storage is a plain shared file system) and ``NexusKnowledgeGraph`` (real HTTP to the Nexus
+class NexusUploadSynchronizerHarness:
+    """``nexus-upload``: ``NexusUploadSynchronizer`` over ``SlurmClusterGateway`` (the test stack,
+    whose storage is a plain shared file system) and ``NexusKnowledgeGraph`` (real HTTP to the Nexus
     Delta test server, ``tests/nexus_server.py``, one per harness).
 
     ``block`` makes the server fail (503) every upload of that output's file, so the upload
@@ -184,12 +184,12 @@ class NexusUploadSyncHarness:
         for project in (PROJECT_A, PROJECT_B):
             self.server.create_project(*self.settings.project_for(project))
         self.nexus = NexusKnowledgeGraph(self.settings, lambda: TOKEN)
-        self.slurm = SlurmClusterHarness()
+        self.slurm = SlurmClusterGatewayHarness()
         self.cluster = self.slurm.cluster  # SharedStorage: outputs leave by direct upload
         self.gateway: ClusterGateway = self.slurm.gateway
         self.sync: DataSynchronizer = NexusUploadSynchronizer(self.gateway, self.nexus)
 
-    # ---------------------------------------------------------------- SyncHarness
+    # ---------------------------------------------------------------- DataSynchronizerHarness
 
     def run_simulation(self, outputs: Sequence[str]) -> tuple[RunHeader, SyncPlan]:
         job = self.slurm.job(outputs=outputs)
@@ -251,4 +251,7 @@ class NexusUploadSyncHarness:
 
 
 if TYPE_CHECKING:  # mypy proves each harness implements its port's harness protocol
-    _harnesses: list[type[SyncHarness]] = [LustreHsmSyncHarness, NexusUploadSyncHarness]
+    _harnesses: list[type[DataSynchronizerHarness]] = [
+        LustreHsmSynchronizerHarness,
+        NexusUploadSynchronizerHarness,
+    ]

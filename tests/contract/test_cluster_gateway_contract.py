@@ -18,17 +18,17 @@ from obp_workflow.core.errors import (
 )
 from obp_workflow.core.jobs import JobAccounting, JobObservation, JobPhase, JobState
 from obp_workflow.core.jobspec import REQUEST_FILE, USER_SCRIPT
-from tests.contract.harness import ClusterHarness, Ending, Job
+from tests.contract.harness import ClusterGatewayHarness, Ending, Job
 from tests.stack import wait_until
 
 OUTPUTS = ("spikes.dat", "reports/soma.h5", "reports/deep/v.bin")
 
 
-def submit(h: ClusterHarness, job: Job) -> str:
+def submit(h: ClusterGatewayHarness, job: Job) -> str:
     return h.gateway.submit(h.cluster, job.spec)
 
 
-def observe(h: ClusterHarness, job_id: str) -> JobObservation:
+def observe(h: ClusterGatewayHarness, job_id: str) -> JobObservation:
     answer = h.gateway.poll(h.cluster, [job_id])
     assert list(answer) == [job_id]
     obs = answer[job_id]
@@ -36,11 +36,13 @@ def observe(h: ClusterHarness, job_id: str) -> JobObservation:
     return obs
 
 
-def fetch(h: ClusterHarness, job: Job, path: str) -> bytes:
+def fetch(h: ClusterGatewayHarness, job: Job, path: str) -> bytes:
     return b"".join(h.gateway.fetch_output(h.cluster, job.folder, path))
 
 
-def finished(h: ClusterHarness, ending: Ending, outputs: tuple[str, ...] = ()) -> tuple[Job, str]:
+def finished(
+    h: ClusterGatewayHarness, ending: Ending, outputs: tuple[str, ...] = ()
+) -> tuple[Job, str]:
     job = h.job(ending, outputs=outputs)
     job_id = submit(h, job)
     h.let_finish(job_id)
@@ -50,8 +52,10 @@ def finished(h: ClusterHarness, ending: Ending, outputs: tuple[str, ...] = ()) -
 # ==================================================================== submit and find
 
 
-def test_submit_returns_an_id_that_find_by_tag_finds(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_submit_returns_an_id_that_find_by_tag_finds(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     job = h.job()
     job_id = submit(h, job)
     assert isinstance(job_id, str)
@@ -61,16 +65,20 @@ def test_submit_returns_an_id_that_find_by_tag_finds(cluster_harness: ClusterHar
     assert h.jobs_tagged(job.tag) == 1
 
 
-def test_each_submit_is_a_new_job_with_its_own_id(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_each_submit_is_a_new_job_with_its_own_id(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     jobs = [h.job() for _ in range(3)]
     ids = [submit(h, job) for job in jobs]
     assert len(set(ids)) == 3
     assert [h.gateway.find_by_tag(h.cluster, job.tag) for job in jobs] == ids
 
 
-def test_submit_writes_the_spec_files_into_the_run_folder(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_submit_writes_the_spec_files_into_the_run_folder(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     job = h.job(script="#!/bin/bash\necho from the user script\n")
     submit(h, job)
     assert set(job.spec.files) >= {job.spec.script, REQUEST_FILE, USER_SCRIPT}
@@ -82,9 +90,9 @@ def test_submit_writes_the_spec_files_into_the_run_folder(cluster_harness: Clust
 
 
 def test_a_job_goes_pending_then_running_then_completed_with_exit_code_0(
-    cluster_harness: ClusterHarness,
+    cluster_gateway_harness: ClusterGatewayHarness,
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     job = h.job(Ending.COMPLETE, outputs=OUTPUTS)
     job_id = submit(h, job)
     pending = observe(h, job_id)
@@ -103,8 +111,10 @@ def test_a_job_goes_pending_then_running_then_completed_with_exit_code_0(
     assert done.source in ("squeue", "sacct")
 
 
-def test_a_job_that_exits_3_is_failed_with_exit_code_3(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_a_job_that_exits_3_is_failed_with_exit_code_3(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     _job, job_id = finished(h, Ending.FAIL_3)
     obs = observe(h, job_id)
     assert obs.state is JobState.FAILED
@@ -113,8 +123,10 @@ def test_a_job_that_exits_3_is_failed_with_exit_code_3(cluster_harness: ClusterH
     assert "exit code 3" in obs.failure_reason()
 
 
-def test_a_job_past_its_time_limit_is_timeout(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_a_job_past_its_time_limit_is_timeout(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     job, job_id = finished(h, Ending.TIMEOUT)
     assert "--time=1" in job.spec.files[job.spec.script]
     obs = observe(h, job_id)
@@ -126,8 +138,10 @@ def test_a_job_past_its_time_limit_is_timeout(cluster_harness: ClusterHarness) -
 
 
 @pytest.mark.parametrize("started", [False, True], ids=["pending", "running"])
-def test_cancel_makes_a_live_job_cancelled(cluster_harness: ClusterHarness, started: bool) -> None:
-    h = cluster_harness
+def test_cancel_makes_a_live_job_cancelled(
+    cluster_gateway_harness: ClusterGatewayHarness, started: bool
+) -> None:
+    h = cluster_gateway_harness
     job = h.job(Ending.LONG)
     job_id = submit(h, job)
     if started:
@@ -139,8 +153,8 @@ def test_cancel_makes_a_live_job_cancelled(cluster_harness: ClusterHarness, star
     assert obs.phase is JobPhase.CANCELLED
 
 
-def test_cancelling_twice_is_not_an_error(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_cancelling_twice_is_not_an_error(cluster_gateway_harness: ClusterGatewayHarness) -> None:
+    h = cluster_gateway_harness
     job_id = submit(h, h.job(Ending.LONG))
     h.let_start(job_id)
     h.gateway.cancel(h.cluster, job_id)
@@ -152,9 +166,9 @@ def test_cancelling_twice_is_not_an_error(cluster_harness: ClusterHarness) -> No
 
 @pytest.mark.parametrize("ending", [Ending.COMPLETE, Ending.FAIL_3], ids=["completed", "failed"])
 def test_cancelling_a_finished_job_changes_nothing(
-    cluster_harness: ClusterHarness, ending: Ending
+    cluster_gateway_harness: ClusterGatewayHarness, ending: Ending
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     _job, job_id = finished(h, ending)
     before = observe(h, job_id)
     h.gateway.cancel(h.cluster, job_id)
@@ -167,9 +181,9 @@ def test_cancelling_a_finished_job_changes_nothing(
 
 
 def test_one_poll_answers_for_every_id_and_unknown_ids_are_unknown(
-    cluster_harness: ClusterHarness,
+    cluster_gateway_harness: ClusterGatewayHarness,
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     pending = submit(h, h.job(Ending.LONG))
     running = submit(h, h.job(Ending.LONG))
     h.let_start(running)
@@ -196,9 +210,9 @@ def test_one_poll_answers_for_every_id_and_unknown_ids_are_unknown(
     "ids", [["987654321"], ["98765432", "98765433", "987654321"]], ids=["alone", "several"]
 )
 def test_an_id_the_scheduler_does_not_know_is_unknown_never_failed(
-    cluster_harness: ClusterHarness, ids: list[str]
+    cluster_gateway_harness: ClusterGatewayHarness, ids: list[str]
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     answer = h.gateway.poll(h.cluster, ids)
     assert sorted(answer) == sorted(ids)
     for job_id in ids:
@@ -207,8 +221,8 @@ def test_an_id_the_scheduler_does_not_know_is_unknown_never_failed(
         assert answer[job_id].exit_code is None
 
 
-def test_polling_no_ids_answers_nothing(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_polling_no_ids_answers_nothing(cluster_gateway_harness: ClusterGatewayHarness) -> None:
+    h = cluster_gateway_harness
     assert dict(h.gateway.poll(h.cluster, [])) == {}
 
 
@@ -218,9 +232,9 @@ def test_polling_no_ids_answers_nothing(cluster_harness: ClusterHarness) -> None
     ids=["completed", "failed-3"],
 )
 def test_a_purged_finished_job_still_resolves_from_accounting(
-    cluster_harness: ClusterHarness, ending: Ending, state: JobState, code: int
+    cluster_gateway_harness: ClusterGatewayHarness, ending: Ending, state: JobState, code: int
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     job, job_id = finished(h, ending)
     h.purge(job_id)
     obs = observe(h, job_id)
@@ -238,9 +252,9 @@ def test_a_purged_finished_job_still_resolves_from_accounting(
     ids=["completed", "failed-3"],
 )
 def test_accounting_records_a_finished_jobs_nodes_elapsed_time_and_exit_code(
-    cluster_harness: ClusterHarness, ending: Ending, state: JobState, code: int
+    cluster_gateway_harness: ClusterGatewayHarness, ending: Ending, state: JobState, code: int
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     job, job_id = finished(h, ending)
     record = accounted(h, job_id)
     assert record == h.gateway.accounting(h.cluster, job_id, job.tag)
@@ -255,7 +269,7 @@ def test_accounting_records_a_finished_jobs_nodes_elapsed_time_and_exit_code(
     assert record.elapsed_seconds >= 0
 
 
-def accounted(h: ClusterHarness, job_id: str, tag: str | None = None) -> JobAccounting:
+def accounted(h: ClusterGatewayHarness, job_id: str, tag: str | None = None) -> JobAccounting:
     """The job's accounting record, once complete: until then the gateway says to ask again
     (ServiceUnavailable; Slurm's accounting holds a placeholder for a few seconds)."""
     found: list[JobAccounting | None] = []
@@ -272,8 +286,10 @@ def accounted(h: ClusterHarness, job_id: str, tag: str | None = None) -> JobAcco
     return found[-1]
 
 
-def test_accounting_of_a_job_nobody_submitted_is_none(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_accounting_of_a_job_nobody_submitted_is_none(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     assert h.gateway.accounting(h.cluster, "987654321") is None
 
 
@@ -281,9 +297,9 @@ def test_accounting_of_a_job_nobody_submitted_is_none(cluster_harness: ClusterHa
 
 
 def test_a_lost_submit_reply_leaves_one_job_that_find_by_tag_adopts(
-    cluster_harness: ClusterHarness,
+    cluster_gateway_harness: ClusterGatewayHarness,
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     job = h.job(Ending.COMPLETE, outputs=OUTPUTS)
     h.lose_next_submit_reply()
     with pytest.raises(SubmissionUnclear):
@@ -305,7 +321,7 @@ def test_a_lost_submit_reply_leaves_one_job_that_find_by_tag_adopts(
 # ==================================================================== unreachable
 
 
-CALLS: dict[str, Callable[[ClusterHarness, Job, str], Any]] = {
+CALLS: dict[str, Callable[[ClusterGatewayHarness, Job, str], Any]] = {
     "submit": lambda h, job, _id: h.gateway.submit(h.cluster, h.job().spec),
     "find_by_tag": lambda h, job, _id: h.gateway.find_by_tag(h.cluster, job.tag),
     "poll": lambda h, job, job_id: h.gateway.poll(h.cluster, [job_id, "987654321"]),
@@ -322,9 +338,9 @@ CALLS: dict[str, Callable[[ClusterHarness, Job, str], Any]] = {
 
 @pytest.mark.parametrize("method", list(CALLS))
 def test_an_unreachable_cluster_raises_cluster_unreachable_from_every_method(
-    cluster_harness: ClusterHarness, method: str
+    cluster_gateway_harness: ClusterGatewayHarness, method: str
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     job, job_id = finished(h, Ending.COMPLETE, OUTPUTS)
     h.set_reachable(False)
     with pytest.raises(ClusterUnreachable):
@@ -334,8 +350,10 @@ def test_an_unreachable_cluster_raises_cluster_unreachable_from_every_method(
     assert h.gateway.find_by_tag(h.cluster, job.tag) == job_id
 
 
-def test_a_submit_to_an_unreachable_cluster_creates_no_job(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_a_submit_to_an_unreachable_cluster_creates_no_job(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     job = h.job()
     h.set_reachable(False)
     with pytest.raises(ClusterUnreachable):
@@ -353,9 +371,9 @@ LOG_TEXT = "".join(f"step {i}: Vm=-65 mV; état stable ✓ 🙂\n" for i in rang
 
 @pytest.mark.parametrize("max_bytes", [0, 1, 2, 3, 4, 5, 7, 100, 1000, 1_000_000])
 def test_tail_log_returns_the_end_of_the_log_in_at_most_max_bytes(
-    cluster_harness: ClusterHarness, max_bytes: int
+    cluster_gateway_harness: ClusterGatewayHarness, max_bytes: int
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     job = h.job()
     submit(h, job)
     h.append_log(job.folder, LOG_TEXT)
@@ -366,14 +384,18 @@ def test_tail_log_returns_the_end_of_the_log_in_at_most_max_bytes(
     assert size > min(max_bytes, len(LOG_TEXT.encode())) - 4  # at most one partial character
 
 
-def test_tail_log_of_a_run_without_a_log_is_empty(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_tail_log_of_a_run_without_a_log_is_empty(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     job = h.job()
     assert h.gateway.tail_log(h.cluster, job.folder) == ""
 
 
-def test_list_outputs_lists_every_file_with_its_size(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_list_outputs_lists_every_file_with_its_size(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     job, _job_id = finished(h, Ending.COMPLETE, OUTPUTS)
     listed = h.gateway.list_outputs(h.cluster, job.folder)
     paths = [f.path for f in listed]
@@ -387,8 +409,10 @@ def test_list_outputs_lists_every_file_with_its_size(cluster_harness: ClusterHar
     assert all(sizes[out] > 0 for out in OUTPUTS)
 
 
-def test_list_outputs_stays_in_its_run_folder(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_list_outputs_stays_in_its_run_folder(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     mine, _ = finished(h, Ending.COMPLETE, ("mine.dat",))
     finished(h, Ending.COMPLETE, ("theirs.dat",))
     paths = {f.path for f in h.gateway.list_outputs(h.cluster, mine.folder)}
@@ -396,8 +420,10 @@ def test_list_outputs_stays_in_its_run_folder(cluster_harness: ClusterHarness) -
     assert "theirs.dat" not in paths
 
 
-def test_fetch_output_streams_the_file_bytes(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_fetch_output_streams_the_file_bytes(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     job, _ = finished(h, Ending.COMPLETE, OUTPUTS)
     for path in (*OUTPUTS, REQUEST_FILE):
         chunks = list(h.gateway.fetch_output(h.cluster, job.folder, path))
@@ -405,8 +431,10 @@ def test_fetch_output_streams_the_file_bytes(cluster_harness: ClusterHarness) ->
         assert b"".join(chunks) == h.read_file(posixpath.join(job.folder, path))
 
 
-def test_fetch_output_of_a_missing_file_is_not_found(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_fetch_output_of_a_missing_file_is_not_found(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     job, _ = finished(h, Ending.COMPLETE, OUTPUTS)
     with pytest.raises(NotFound):
         fetch(h, job, "never-written.dat")
@@ -427,9 +455,9 @@ HOSTILE_PATHS = [
 
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
 def test_fetch_output_refuses_paths_that_leave_the_run_folder(
-    cluster_harness: ClusterHarness, path: str
+    cluster_gateway_harness: ClusterGatewayHarness, path: str
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     job, _ = finished(h, Ending.COMPLETE, OUTPUTS)
     with pytest.raises(InvalidRequest):
         fetch(h, job, path)
@@ -456,9 +484,9 @@ HOSTILE_NAMES = {
 
 @pytest.mark.parametrize("kind", list(HOSTILE_COMMANDS))
 def test_hostile_names_and_commands_submit_and_are_stored_verbatim(
-    cluster_harness: ClusterHarness, kind: str
+    cluster_gateway_harness: ClusterGatewayHarness, kind: str
 ) -> None:
-    h = cluster_harness
+    h = cluster_gateway_harness
     job = h.job(command=HOSTILE_COMMANDS[kind], name=HOSTILE_NAMES[kind])
     job_id = submit(h, job)
     assert h.gateway.find_by_tag(h.cluster, job.tag) == job_id
@@ -473,8 +501,10 @@ def test_hostile_names_and_commands_submit_and_are_stored_verbatim(
     assert observe(h, job_id).state is JobState.COMPLETED
 
 
-def test_a_hostile_user_script_is_stored_verbatim(cluster_harness: ClusterHarness) -> None:
-    h = cluster_harness
+def test_a_hostile_user_script_is_stored_verbatim(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    h = cluster_gateway_harness
     body = "#!/bin/bash\necho \"$(id)\" '`x`' ; echo done\nexit 0\n"
     job = h.job(script=body, name="$(reboot)")
     job_id = submit(h, job)

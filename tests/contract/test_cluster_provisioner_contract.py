@@ -6,7 +6,7 @@ import pytest
 
 from obp_workflow.core.cluster import ClusterHandle, ProvisioningPhase, ProvisioningStatus
 from obp_workflow.core.identity import ProjectRef
-from tests.contract.harness import PROJECT_A, PROJECT_B, ProvisionerHarness
+from tests.contract.harness import PROJECT_A, PROJECT_B, ClusterProvisionerHarness
 
 P = ProvisioningPhase
 HOST_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384")
@@ -27,15 +27,15 @@ def assert_usable(handle: ClusterHandle | None) -> ClusterHandle:
 
 
 def test_describe_of_a_project_without_a_cluster_is_not_found(
-    provisioner_harness: ProvisionerHarness,
+    cluster_provisioner_harness: ClusterProvisionerHarness,
 ) -> None:
-    status = provisioner_harness.provisioner.describe(PROJECT_A)
+    status = cluster_provisioner_harness.provisioner.describe(PROJECT_A)
     assert status.phase is P.NOT_FOUND
     assert status.cluster is None
 
 
-def test_request_is_idempotent(provisioner_harness: ProvisionerHarness) -> None:
-    h = provisioner_harness
+def test_request_is_idempotent(cluster_provisioner_harness: ClusterProvisionerHarness) -> None:
+    h = cluster_provisioner_harness
     before = h.creations()
     first = h.provisioner.request(PROJECT_A)
     second = h.provisioner.request(PROJECT_A)
@@ -48,9 +48,9 @@ def test_request_is_idempotent(provisioner_harness: ProvisionerHarness) -> None:
 
 
 def test_a_requested_cluster_is_in_progress_then_ready_with_a_usable_handle(
-    provisioner_harness: ProvisionerHarness,
+    cluster_provisioner_harness: ClusterProvisionerHarness,
 ) -> None:
-    h = provisioner_harness
+    h = cluster_provisioner_harness
     requested = h.provisioner.request(PROJECT_A)
     assert requested.phase is P.IN_PROGRESS
     assert requested.cluster is None
@@ -66,9 +66,9 @@ def test_a_requested_cluster_is_in_progress_then_ready_with_a_usable_handle(
 
 
 def test_a_failed_creation_is_failed_with_its_reason(
-    provisioner_harness: ProvisionerHarness,
+    cluster_provisioner_harness: ClusterProvisionerHarness,
 ) -> None:
-    h = provisioner_harness
+    h = cluster_provisioner_harness
     h.fail_next_creation(PROJECT_A, "insufficient capacity for c7i.48xlarge")
     h.provisioner.request(PROJECT_A)
     h.let_creation_finish(PROJECT_A)
@@ -79,8 +79,10 @@ def test_a_failed_creation_is_failed_with_its_reason(
         assert "insufficient capacity for c7i.48xlarge" in status.detail
 
 
-def test_delete_then_describe_is_not_found(provisioner_harness: ProvisionerHarness) -> None:
-    h = provisioner_harness
+def test_delete_then_describe_is_not_found(
+    cluster_provisioner_harness: ClusterProvisionerHarness,
+) -> None:
+    h = cluster_provisioner_harness
     h.provisioner.request(PROJECT_A)
     h.let_creation_finish(PROJECT_A)
     h.provisioner.delete(PROJECT_A)
@@ -88,18 +90,18 @@ def test_delete_then_describe_is_not_found(provisioner_harness: ProvisionerHarne
 
 
 def test_deleting_a_project_without_a_cluster_is_not_an_error(
-    provisioner_harness: ProvisionerHarness,
+    cluster_provisioner_harness: ClusterProvisionerHarness,
 ) -> None:
-    h = provisioner_harness
+    h = cluster_provisioner_harness
     h.provisioner.delete(PROJECT_B)
     h.provisioner.delete(PROJECT_B)
     assert h.provisioner.describe(PROJECT_B).phase is P.NOT_FOUND
 
 
 def test_after_deleting_a_failed_cluster_a_new_request_creates_a_fresh_one(
-    provisioner_harness: ProvisionerHarness,
+    cluster_provisioner_harness: ClusterProvisionerHarness,
 ) -> None:
-    h = provisioner_harness
+    h = cluster_provisioner_harness
     h.fail_next_creation(PROJECT_A, "insufficient capacity")
     h.provisioner.request(PROJECT_A)
     h.let_creation_finish(PROJECT_A)
@@ -113,8 +115,10 @@ def test_after_deleting_a_failed_cluster_a_new_request_creates_a_fresh_one(
     assert_usable(h.provisioner.describe(PROJECT_A).cluster)
 
 
-def test_projects_have_their_own_clusters(provisioner_harness: ProvisionerHarness) -> None:
-    h = provisioner_harness
+def test_projects_have_their_own_clusters(
+    cluster_provisioner_harness: ClusterProvisionerHarness,
+) -> None:
+    h = cluster_provisioner_harness
     h.fail_next_creation(PROJECT_B, "quota")
     for project in (PROJECT_A, PROJECT_B):
         h.provisioner.request(project)
@@ -128,8 +132,8 @@ def test_projects_have_their_own_clusters(provisioner_harness: ProvisionerHarnes
 
 @pytest.mark.parametrize("project", [PROJECT_A, PROJECT_B], ids=["a", "b"])
 def test_describe_never_raises_for_a_missing_cluster(
-    provisioner_harness: ProvisionerHarness, project: ProjectRef
+    cluster_provisioner_harness: ClusterProvisionerHarness, project: ProjectRef
 ) -> None:
-    h = provisioner_harness
+    h = cluster_provisioner_harness
     for _ in range(3):
         assert h.provisioner.describe(project).phase is P.NOT_FOUND

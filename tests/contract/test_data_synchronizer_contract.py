@@ -8,12 +8,14 @@ from obp_workflow.core.errors import SyncIncomplete
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import LustreHsmExport, NexusDirectUpload, SyncOutcome, SyncPlan
 from obp_workflow.ports.sync import SyncJobSubmitted, SyncStart
-from tests.contract.harness import SyncHarness
+from tests.contract.harness import DataSynchronizerHarness
 
 OUTPUTS = ("spikes.dat", "reports/soma.h5", "reports/deep/membrane-voltage.bin", "x")
 
 
-def start(h: SyncHarness, header: RunHeader, plan: SyncPlan, attempt: int = 1) -> SyncStart:
+def start(
+    h: DataSynchronizerHarness, header: RunHeader, plan: SyncPlan, attempt: int = 1
+) -> SyncStart:
     started = h.sync.start(h.cluster, header, plan, attempt)
     if isinstance(plan, LustreHsmExport):
         assert isinstance(started, SyncJobSubmitted), "a Lustre export runs as a job"
@@ -24,7 +26,9 @@ def start(h: SyncHarness, header: RunHeader, plan: SyncPlan, attempt: int = 1) -
     return started
 
 
-def start_and_wait(h: SyncHarness, header: RunHeader, plan: SyncPlan, attempt: int = 1) -> None:
+def start_and_wait(
+    h: DataSynchronizerHarness, header: RunHeader, plan: SyncPlan, attempt: int = 1
+) -> None:
     started = start(h, header, plan, attempt)
     if isinstance(started, SyncJobSubmitted):
         h.let_sync_job_finish(started.job_id)
@@ -42,14 +46,16 @@ def assert_covers(outcome: SyncOutcome, plan: SyncPlan) -> None:
     assert len(set(locations)) == len(locations)
 
 
-def test_the_plan_has_distinct_sizes(sync_harness: SyncHarness) -> None:
+def test_the_plan_has_distinct_sizes(data_synchronizer_harness: DataSynchronizerHarness) -> None:
     """A precondition of the size checks below: outputs do not all have the same size."""
-    _header, plan = sync_harness.run_simulation(OUTPUTS)
+    _header, plan = data_synchronizer_harness.run_simulation(OUTPUTS)
     assert len({f.size for f in plan.files}) == len(OUTPUTS)
 
 
-def test_start_then_confirm_covers_every_planned_file_once(sync_harness: SyncHarness) -> None:
-    h = sync_harness
+def test_start_then_confirm_covers_every_planned_file_once(
+    data_synchronizer_harness: DataSynchronizerHarness,
+) -> None:
+    h = data_synchronizer_harness
     header, plan = h.run_simulation(OUTPUTS)
     started = start(h, header, plan)
     if isinstance(started, SyncOutcome):
@@ -65,8 +71,10 @@ def test_start_then_confirm_covers_every_planned_file_once(sync_harness: SyncHar
             assert f.location == f"s3://{plan.bucket}/{keys[f.relative_path]}"
 
 
-def test_confirm_before_anything_moved_names_every_file(sync_harness: SyncHarness) -> None:
-    h = sync_harness
+def test_confirm_before_anything_moved_names_every_file(
+    data_synchronizer_harness: DataSynchronizerHarness,
+) -> None:
+    h = data_synchronizer_harness
     header, plan = h.run_simulation(OUTPUTS)
     with pytest.raises(SyncIncomplete) as caught:
         h.sync.confirm(h.cluster, header, plan)
@@ -75,9 +83,9 @@ def test_confirm_before_anything_moved_names_every_file(sync_harness: SyncHarnes
 
 @pytest.mark.parametrize("blocked", ["reports/soma.h5", "x"])
 def test_a_file_that_never_reaches_its_destination_is_named_alone(
-    sync_harness: SyncHarness, blocked: str
+    data_synchronizer_harness: DataSynchronizerHarness, blocked: str
 ) -> None:
-    h = sync_harness
+    h = data_synchronizer_harness
     header, plan = h.run_simulation(OUTPUTS)
     h.block(header, plan, blocked)
     start_and_wait(h, header, plan)
@@ -89,9 +97,9 @@ def test_a_file_that_never_reaches_its_destination_is_named_alone(
 
 
 def test_a_retried_start_of_the_same_attempt_moves_nothing_twice(
-    sync_harness: SyncHarness,
+    data_synchronizer_harness: DataSynchronizerHarness,
 ) -> None:
-    h = sync_harness
+    h = data_synchronizer_harness
     header, plan = h.run_simulation(OUTPUTS)
     first = start(h, header, plan)
     second = start(h, header, plan)
@@ -107,11 +115,11 @@ def test_a_retried_start_of_the_same_attempt_moves_nothing_twice(
 
 
 def test_a_retried_start_after_success_transfers_nothing_already_there(
-    sync_harness: SyncHarness,
+    data_synchronizer_harness: DataSynchronizerHarness,
 ) -> None:
     """Lustre: no second archive job; direct upload: files there with the same digest are
     skipped (the port's word), not sent again."""
-    h = sync_harness
+    h = data_synchronizer_harness
     header, plan = h.run_simulation(OUTPUTS)
     start_and_wait(h, header, plan)
     outcome = h.sync.confirm(h.cluster, header, plan)
@@ -124,8 +132,8 @@ def test_a_retried_start_after_success_transfers_nothing_already_there(
     assert h.sync.confirm(h.cluster, header, plan) == outcome
 
 
-def test_runs_do_not_share_destinations(sync_harness: SyncHarness) -> None:
-    h = sync_harness
+def test_runs_do_not_share_destinations(data_synchronizer_harness: DataSynchronizerHarness) -> None:
+    h = data_synchronizer_harness
     header, plan = h.run_simulation(OUTPUTS)
     h.block(header, plan, "spikes.dat")
     start_and_wait(h, header, plan)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 
 from obp_workflow.ports.instances import InstanceInfo
-from tests.contract.harness import PROJECT_A, PROJECT_B, InstancesHarness
+from tests.contract.harness import PROJECT_A, PROJECT_B, InstanceOrchestratorHarness
 
 
-def test_ensure_starts_one_live_instance(instances_harness: InstancesHarness) -> None:
-    h = instances_harness
+def test_ensure_starts_one_live_instance(
+    instance_orchestrator_harness: InstanceOrchestratorHarness,
+) -> None:
+    h = instance_orchestrator_harness
     before = h.starts()
     info = h.orchestrator.ensure(PROJECT_A)
     assert h.starts() == before + 1
@@ -22,8 +24,10 @@ def test_ensure_starts_one_live_instance(instances_harness: InstancesHarness) ->
     assert described.live
 
 
-def test_ensure_again_returns_the_same_instance(instances_harness: InstancesHarness) -> None:
-    h = instances_harness
+def test_ensure_again_returns_the_same_instance(
+    instance_orchestrator_harness: InstanceOrchestratorHarness,
+) -> None:
+    h = instance_orchestrator_harness
     first = h.orchestrator.ensure(PROJECT_A)
     starts = h.starts()
     for _ in range(3):
@@ -31,8 +35,10 @@ def test_ensure_again_returns_the_same_instance(instances_harness: InstancesHarn
     assert h.starts() == starts
 
 
-def test_concurrent_ensures_start_exactly_one(instances_harness: InstancesHarness) -> None:
-    h = instances_harness
+def test_concurrent_ensures_start_exactly_one(
+    instance_orchestrator_harness: InstanceOrchestratorHarness,
+) -> None:
+    h = instance_orchestrator_harness
     threads = 8
     before = h.starts()
     together = threading.Barrier(threads)
@@ -58,13 +64,15 @@ def test_concurrent_ensures_start_exactly_one(instances_harness: InstancesHarnes
 
 
 def test_describe_of_a_project_without_an_instance_is_none(
-    instances_harness: InstancesHarness,
+    instance_orchestrator_harness: InstanceOrchestratorHarness,
 ) -> None:
-    assert instances_harness.orchestrator.describe(PROJECT_B) is None
+    assert instance_orchestrator_harness.orchestrator.describe(PROJECT_B) is None
 
 
-def test_stop_then_ensure_starts_a_new_instance(instances_harness: InstancesHarness) -> None:
-    h = instances_harness
+def test_stop_then_ensure_starts_a_new_instance(
+    instance_orchestrator_harness: InstanceOrchestratorHarness,
+) -> None:
+    h = instance_orchestrator_harness
     first = h.orchestrator.ensure(PROJECT_A)
     h.orchestrator.stop(PROJECT_A, "idle for 30 minutes")
     stopped = h.orchestrator.describe(PROJECT_A)
@@ -79,8 +87,8 @@ def test_stop_then_ensure_starts_a_new_instance(instances_harness: InstancesHarn
     assert second.instance_id != first.instance_id
 
 
-def test_stop_is_idempotent(instances_harness: InstancesHarness) -> None:
-    h = instances_harness
+def test_stop_is_idempotent(instance_orchestrator_harness: InstanceOrchestratorHarness) -> None:
+    h = instance_orchestrator_harness
     h.orchestrator.stop(PROJECT_B, "never started")
     first = h.orchestrator.ensure(PROJECT_A)
     h.orchestrator.stop(PROJECT_A, "idle")
@@ -90,8 +98,10 @@ def test_stop_is_idempotent(instances_harness: InstancesHarness) -> None:
     assert h.orchestrator.describe(PROJECT_B) is None
 
 
-def test_projects_have_independent_instances(instances_harness: InstancesHarness) -> None:
-    h = instances_harness
+def test_projects_have_independent_instances(
+    instance_orchestrator_harness: InstanceOrchestratorHarness,
+) -> None:
+    h = instance_orchestrator_harness
     a = h.orchestrator.ensure(PROJECT_A)
     b = h.orchestrator.ensure(PROJECT_B)
     assert a.instance_id != b.instance_id

@@ -17,7 +17,7 @@ from tests.contract.harness import (
     PROJECT_A,
     PROJECT_B,
     T0,
-    GraphHarness,
+    KnowledgeGraphHarness,
     make_header,
 )
 
@@ -49,9 +49,9 @@ def provenance(
 
 
 def test_register_returns_the_activity_and_one_entity_per_output(
-    graph_harness: GraphHarness,
+    knowledge_graph_harness: KnowledgeGraphHarness,
 ) -> None:
-    h = graph_harness
+    h = knowledge_graph_harness
     reg = h.graph.register(provenance())
     assert reg.activity_id
     assert len(reg.entity_ids) == len(OUTPUTS)
@@ -61,16 +61,20 @@ def test_register_returns_the_activity_and_one_entity_per_output(
         assert h.revision(ident) is not None, f"{ident} was not recorded"
 
 
-def test_a_run_without_outputs_registers_its_activity_only(graph_harness: GraphHarness) -> None:
-    h = graph_harness
+def test_a_run_without_outputs_registers_its_activity_only(
+    knowledge_graph_harness: KnowledgeGraphHarness,
+) -> None:
+    h = knowledge_graph_harness
     reg = h.graph.register(provenance(outputs=()))
     assert reg.activity_id
     assert list(reg.entity_ids) == []
     assert h.revision(reg.activity_id) is not None
 
 
-def test_registering_the_same_run_again_creates_nothing_new(graph_harness: GraphHarness) -> None:
-    h = graph_harness
+def test_registering_the_same_run_again_creates_nothing_new(
+    knowledge_graph_harness: KnowledgeGraphHarness,
+) -> None:
+    h = knowledge_graph_harness
     prov = provenance()
     first = h.graph.register(prov)
     creations = h.creations()
@@ -89,12 +93,12 @@ def test_registering_the_same_run_again_creates_nothing_new(graph_harness: Graph
 
 
 def test_a_lost_reply_then_a_retry_leaves_the_fault_free_graph(
-    graph_factory: Callable[[], GraphHarness],
+    knowledge_graph_factory: Callable[[], KnowledgeGraphHarness],
 ) -> None:
     prov = provenance()
-    clean = graph_factory()
+    clean = knowledge_graph_factory()
     expected = clean.graph.register(prov)
-    faulty = graph_factory()
+    faulty = knowledge_graph_factory()
     faulty.lose_next_register_reply(ServiceUnavailable("the knowledge graph did not answer"))
     with pytest.raises(ServiceUnavailable):
         faulty.graph.register(prov)
@@ -105,8 +109,10 @@ def test_a_lost_reply_then_a_retry_leaves_the_fault_free_graph(
     assert faulty.creations() == clean.creations()
 
 
-def test_ids_belong_to_their_run_and_project(graph_harness: GraphHarness) -> None:
-    h = graph_harness
+def test_ids_belong_to_their_run_and_project(
+    knowledge_graph_harness: KnowledgeGraphHarness,
+) -> None:
+    h = knowledge_graph_harness
     one = h.graph.register(provenance(PROJECT_A, "run-00000001"))
     other_run = h.graph.register(provenance(PROJECT_A, "run-00000002"))
     other_project = h.graph.register(provenance(PROJECT_B, "run-00000001"))
@@ -117,8 +123,10 @@ def test_ids_belong_to_their_run_and_project(graph_harness: GraphHarness) -> Non
     assert h.creations() == 3 * (1 + len(OUTPUTS))
 
 
-def test_withdraw_marks_what_a_run_registered_and_only_that(graph_harness: GraphHarness) -> None:
-    h = graph_harness
+def test_withdraw_marks_what_a_run_registered_and_only_that(
+    knowledge_graph_harness: KnowledgeGraphHarness,
+) -> None:
+    h = knowledge_graph_harness
     mine, other = provenance(), provenance()
     reg = h.graph.register(mine)
     kept = h.graph.register(other)
@@ -131,9 +139,9 @@ def test_withdraw_marks_what_a_run_registered_and_only_that(graph_harness: Graph
 
 
 def test_withdrawing_a_run_that_registered_nothing_changes_nothing(
-    graph_harness: GraphHarness,
+    knowledge_graph_harness: KnowledgeGraphHarness,
 ) -> None:
-    h = graph_harness
+    h = knowledge_graph_harness
     h.graph.register(provenance())
     before = h.snapshot()
     h.graph.withdraw(make_header(PROJECT_B))
@@ -143,7 +151,9 @@ def test_withdrawing_a_run_that_registered_nothing_changes_nothing(
 # ==================================================================== outputs in the graph's bucket
 
 
-def exported(h: GraphHarness, contents: dict[str, bytes], *, put: bool = True) -> RunProvenance:
+def exported(
+    h: KnowledgeGraphHarness, contents: dict[str, bytes], *, put: bool = True
+) -> RunProvenance:
     """A run whose outputs the Lustre HSM exported to the graph's own bucket (``contents``
     put there unless ``put`` is false)."""
     header = make_header(PROJECT_A)
@@ -162,9 +172,9 @@ CONTENTS = {"spikes.dat": b"spike" * 20, "reports/soma.h5": b"\x89HDF" * 9}
 
 
 def test_outputs_in_the_graph_bucket_become_its_files_linked_to_the_objects(
-    graph_harness: GraphHarness,
+    knowledge_graph_harness: KnowledgeGraphHarness,
 ) -> None:
-    h = graph_harness
+    h = knowledge_graph_harness
     prov = exported(h, CONTENTS)
     reg = h.graph.register(prov)
     assert len(reg.entity_ids) == len(CONTENTS)
@@ -178,9 +188,9 @@ def test_outputs_in_the_graph_bucket_become_its_files_linked_to_the_objects(
 
 
 def test_outputs_elsewhere_are_recorded_by_location_without_a_file(
-    graph_harness: GraphHarness,
+    knowledge_graph_harness: KnowledgeGraphHarness,
 ) -> None:
-    h = graph_harness
+    h = knowledge_graph_harness
     prov = provenance()  # in another bucket than the graph's
     h.graph.register(prov)
     for path in OUTPUTS:
@@ -188,9 +198,9 @@ def test_outputs_elsewhere_are_recorded_by_location_without_a_file(
 
 
 def test_objects_missing_from_the_bucket_fail_the_registration_naming_each_output(
-    graph_harness: GraphHarness,
+    knowledge_graph_harness: KnowledgeGraphHarness,
 ) -> None:
-    h = graph_harness
+    h = knowledge_graph_harness
     prov = exported(h, {**CONTENTS, "a.dat": b"a", "b.dat": b"b"}, put=False)
     h.put_object(f"runs/{prov.header.run_id}/spikes.dat", CONTENTS["spikes.dat"])
     h.put_object(f"runs/{prov.header.run_id}/reports/soma.h5", CONTENTS["reports/soma.h5"])
@@ -209,9 +219,9 @@ def test_objects_missing_from_the_bucket_fail_the_registration_naming_each_outpu
 
 
 def test_an_object_of_another_size_than_synchronised_fails_the_registration(
-    graph_harness: GraphHarness,
+    knowledge_graph_harness: KnowledgeGraphHarness,
 ) -> None:
-    h = graph_harness
+    h = knowledge_graph_harness
     prov = exported(h, CONTENTS)
     h.put_object(f"runs/{prov.header.run_id}/spikes.dat", b"short")
     with pytest.raises(SyncIncomplete) as caught:
@@ -221,8 +231,10 @@ def test_an_object_of_another_size_than_synchronised_fails_the_registration(
     assert "100 bytes" in caught.value.message
 
 
-def test_withdraw_also_withdraws_the_linked_files(graph_harness: GraphHarness) -> None:
-    h = graph_harness
+def test_withdraw_also_withdraws_the_linked_files(
+    knowledge_graph_harness: KnowledgeGraphHarness,
+) -> None:
+    h = knowledge_graph_harness
     prov = exported(h, CONTENTS)
     h.graph.register(prov)
     h.graph.withdraw(prov.header)

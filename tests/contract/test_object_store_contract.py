@@ -1,6 +1,6 @@
 """The ObjectStore contract: what a sync's confirmation sees of a bucket.
 
-Runs against the fake (``InMemoryBucket``) and S3 (``S3ObjectStore`` on moto).
+Runs against the fake (``FakeObjectStore``) and S3 (``S3ObjectStore`` on moto).
 """
 
 from __future__ import annotations

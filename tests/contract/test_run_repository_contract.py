@@ -147,9 +147,9 @@ def all_pages(
 
 @pytest.mark.parametrize("state", [S.ACCEPTED, S.CANCELLING, S.FAILED, S.RUNNING, S.DONE])
 def test_a_run_read_back_equals_the_run_added(
-    repo_harness: RunRepositoryHarness, state: RunState
+    run_repository_harness: RunRepositoryHarness, state: RunState
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = advance(new_run(key=f"key-{state.value}"), state)
     repo.add(run)
     got = repo.get(PROJECT_A, run.run_id)
@@ -160,8 +160,8 @@ def test_a_run_read_back_equals_the_run_added(
     assert facts(got) == facts(run)
 
 
-def test_the_repository_keeps_its_own_copy(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_the_repository_keeps_its_own_copy(run_repository_harness: RunRepositoryHarness) -> None:
+    repo = run_repository_harness.repo
     run = new_run()
     repo.add(run)
     before = stored(repo, run)
@@ -171,15 +171,15 @@ def test_the_repository_keeps_its_own_copy(repo_harness: RunRepositoryHarness) -
     assert stored(repo, run) == before
 
 
-def test_get_of_an_unknown_run_is_not_found(repo_harness: RunRepositoryHarness) -> None:
+def test_get_of_an_unknown_run_is_not_found(run_repository_harness: RunRepositoryHarness) -> None:
     with pytest.raises(NotFound):
-        repo_harness.repo.get(PROJECT_A, "run-never-added")
+        run_repository_harness.repo.get(PROJECT_A, "run-never-added")
 
 
 def test_a_run_of_project_a_does_not_exist_in_project_b(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = new_run(PROJECT_A, key="shared-key")
     repo.add(run)
     with pytest.raises(NotFound):
@@ -203,8 +203,10 @@ def _moved_to(run: SimulationRun, project: ProjectRef) -> SimulationRun:
 # ==================================================================== optimistic concurrency
 
 
-def test_save_with_the_expected_version_stores_the_run(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_save_with_the_expected_version_stores_the_run(
+    run_repository_harness: RunRepositoryHarness,
+) -> None:
+    repo = run_repository_harness.repo
     run = new_run()
     repo.add(run)
     loaded = repo.get(PROJECT_A, run.run_id)
@@ -217,9 +219,9 @@ def test_save_with_the_expected_version_stores_the_run(repo_harness: RunReposito
 
 
 def test_save_with_a_stale_version_is_conflict_and_changes_nothing(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = new_run()
     repo.add(run)
     fresh = repo.get(PROJECT_A, run.run_id)
@@ -234,8 +236,10 @@ def test_save_with_a_stale_version_is_conflict_and_changes_nothing(
     assert stored(repo, run) == before
 
 
-def test_save_of_a_run_never_added_stores_nothing(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_save_of_a_run_never_added_stores_nothing(
+    run_repository_harness: RunRepositoryHarness,
+) -> None:
+    repo = run_repository_harness.repo
     run = new_run()
     run.start_provisioning(at(1))
     with pytest.raises((NotFound, Conflict)):
@@ -245,9 +249,9 @@ def test_save_of_a_run_never_added_stores_nothing(repo_harness: RunRepositoryHar
 
 
 def test_of_two_writers_racing_on_one_version_exactly_one_wins(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = advance(new_run(), S.SUBMITTING)
     repo.add(run)
     first, second = repo.get(PROJECT_A, run.run_id), repo.get(PROJECT_A, run.run_id)
@@ -286,9 +290,9 @@ def _race(repo: RunRepository, run_id: str, threads: int, when: datetime) -> lis
 
 
 def test_threads_racing_on_each_version_let_exactly_one_win(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = advance(new_run(), S.SUBMITTING)
     repo.add(run)
     threads, rounds = 8, 6
@@ -303,8 +307,10 @@ def test_threads_racing_on_each_version_let_exactly_one_win(
     assert final.version == run.version + rounds
 
 
-def test_adding_an_existing_run_id_is_conflict(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_adding_an_existing_run_id_is_conflict(
+    run_repository_harness: RunRepositoryHarness,
+) -> None:
+    repo = run_repository_harness.repo
     run = new_run()
     repo.add(run)
     before = stored(repo, run)
@@ -319,8 +325,10 @@ def test_adding_an_existing_run_id_is_conflict(repo_harness: RunRepositoryHarnes
 # ==================================================================== idempotency keys
 
 
-def test_find_by_idempotency_key_returns_the_run(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_find_by_idempotency_key_returns_the_run(
+    run_repository_harness: RunRepositoryHarness,
+) -> None:
+    repo = run_repository_harness.repo
     run = new_run(key="submit-7f3a")
     repo.add(run)
     found = repo.find_by_idempotency_key(PROJECT_A, "submit-7f3a")
@@ -330,9 +338,9 @@ def test_find_by_idempotency_key_returns_the_run(repo_harness: RunRepositoryHarn
 
 
 def test_a_key_already_used_in_the_project_is_idempotency_conflict(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     first = new_run(key="submit-7f3a")
     repo.add(first)
     second = new_run(key="submit-7f3a", minute=1)
@@ -347,9 +355,9 @@ def test_a_key_already_used_in_the_project_is_idempotency_conflict(
 
 
 def test_the_same_key_in_another_project_is_another_run(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     in_a, in_b = new_run(PROJECT_A, key="submit-7f3a"), new_run(PROJECT_B, key="submit-7f3a")
     repo.add(in_a)
     repo.add(in_b)
@@ -388,8 +396,8 @@ def assert_each_once_newest_first(
     assert stamps == sorted(stamps, reverse=True)
 
 
-def test_list_is_newest_first(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_list_is_newest_first(run_repository_harness: RunRepositoryHarness) -> None:
+    repo = run_repository_harness.repo
     minutes = [5, 1, 9, 3, 7]
     runs = _add_all(repo, [new_run(minute=m) for m in minutes])
     page = repo.list(PROJECT_A)
@@ -400,8 +408,8 @@ def test_list_is_newest_first(repo_harness: RunRepositoryHarness) -> None:
     assert page.next_cursor is None
 
 
-def test_list_filters_by_states(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_list_filters_by_states(run_repository_harness: RunRepositoryHarness) -> None:
+    repo = run_repository_harness.repo
     targets = [S.ACCEPTED, S.FAILED, S.RUNNING, S.FAILED, S.DONE, S.CANCELLED, S.ACCEPTED]
     runs = _add_all(repo, [advance(new_run(minute=i), s) for i, s in enumerate(targets)])
     _add_all(repo, [advance(new_run(PROJECT_B, minute=i), S.FAILED) for i in range(2)])
@@ -421,9 +429,9 @@ def _paging_fixture(repo: RunRepository) -> list[SimulationRun]:
 
 
 def test_pages_of_two_return_every_run_once_newest_first(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     runs = _paging_fixture(repo)
     pages = all_pages(repo, PROJECT_A, limit=2)
     assert [len(p) for p in pages] == [2, 2, 2, 1]
@@ -431,9 +439,9 @@ def test_pages_of_two_return_every_run_once_newest_first(
 
 
 def test_pages_of_a_state_filter_return_every_matching_run_once(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     runs = _paging_fixture(repo)
     pages = all_pages(repo, PROJECT_A, {S.FAILED, S.DONE}, limit=2)
     expected = [r for r in runs if r.state in (S.FAILED, S.DONE)]
@@ -444,9 +452,9 @@ def test_pages_of_a_state_filter_return_every_matching_run_once(
 
 
 def test_runs_added_between_pages_neither_repeat_nor_hide_older_runs(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     runs = _paging_fixture(repo)
     first = repo.list(PROJECT_A, limit=2)
     assert first.next_cursor is not None
@@ -487,11 +495,11 @@ def _a_cursor(repo: RunRepository, states: set[RunState] | None = None) -> str:
     ],
 )
 def test_a_cursor_used_with_another_query_is_invalid_request(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
     made_for: tuple[ProjectRef, set[RunState] | None],
     used_for: tuple[ProjectRef, set[RunState] | None],
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     _paging_fixture(repo)
     _add_all(repo, [advance(new_run(PROJECT_B, minute=m), S.FAILED) for m in (1, 5, 7)])
     assert made_for[0] == PROJECT_A
@@ -536,9 +544,9 @@ _GARBAGE_IDS = sorted(_garbage_cursors("x" * 40))
 
 @pytest.mark.parametrize("kind", _GARBAGE_IDS)
 def test_a_garbage_or_forged_cursor_is_invalid_request(
-    repo_harness: RunRepositoryHarness, kind: str
+    run_repository_harness: RunRepositoryHarness, kind: str
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     _paging_fixture(repo)
     cursor = _garbage_cursors(_a_cursor(repo))[kind]
     with pytest.raises(InvalidRequest):
@@ -562,9 +570,9 @@ _any_cursor = st.one_of(
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cursor=_any_cursor)
 def test_any_cursor_is_refused_or_lists_only_this_project(
-    repo_harness: RunRepositoryHarness, cursor: str
+    run_repository_harness: RunRepositoryHarness, cursor: str
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     if not repo.list(PROJECT_B).runs:  # the same repository serves every example
         _paging_fixture(repo)
     try:
@@ -580,9 +588,9 @@ def test_any_cursor_is_refused_or_lists_only_this_project(
 
 
 def test_list_active_is_exactly_the_runs_not_yet_terminal(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     runs = _add_all(
         repo,
         [
@@ -607,8 +615,8 @@ def test_list_active_is_exactly_the_runs_not_yet_terminal(
     assert all(not r.terminal for r in repo.list_active())
 
 
-def test_list_active_follows_saves(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_list_active_follows_saves(run_repository_harness: RunRepositoryHarness) -> None:
+    repo = run_repository_harness.repo
     run = _add_all(repo, [new_run()])[0]
     assert [r.run_id for r in repo.list_active(PROJECT_A)] == [run.run_id]
     loaded = repo.get(PROJECT_A, run.run_id)
@@ -622,9 +630,9 @@ def test_list_active_follows_saves(repo_harness: RunRepositoryHarness) -> None:
 
 
 def test_list_watched_is_the_watch_of_every_run_with_a_job_on_the_scheduler(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     runs = [
         advance(new_run(project, minute=i), state)
         for i, (project, state) in enumerate(
@@ -663,8 +671,8 @@ def test_list_watched_is_the_watch_of_every_run_with_a_job_on_the_scheduler(
     assert len(watches(None)) == 4
 
 
-def test_list_watched_follows_saves(repo_harness: RunRepositoryHarness) -> None:
-    repo = repo_harness.repo
+def test_list_watched_follows_saves(run_repository_harness: RunRepositoryHarness) -> None:
+    repo = run_repository_harness.repo
     run = _add_all(repo, [advance(new_run(), S.QUEUED)])[0]
     loaded = repo.get(PROJECT_A, run.run_id)
     version = loaded.version
@@ -685,22 +693,22 @@ def test_list_watched_follows_saves(repo_harness: RunRepositoryHarness) -> None:
 
 @pytest.mark.parametrize("how", list(Damage), ids=[d.value for d in Damage])
 def test_a_damaged_record_is_corrupt_record_on_get(
-    repo_harness: RunRepositoryHarness, how: Damage
+    run_repository_harness: RunRepositoryHarness, how: Damage
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = advance(new_run(), S.RUNNING)
     repo.add(run)
-    repo_harness.damage(PROJECT_A, run.run_id, how)
+    run_repository_harness.damage(PROJECT_A, run.run_id, how)
     with pytest.raises(CorruptRecord):
         repo.get(PROJECT_A, run.run_id)
 
 
 def test_a_run_with_thousands_of_events_is_stored_and_read_back(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
     """A cluster that comes and goes for weeks: every outage is two events (DynamoDB: an item
     holds 400 KB; the record of this run is about 1 MB as text)."""
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = advance(new_run(), S.QUEUED)
     repo.add(run)
     version = run.version
@@ -719,13 +727,13 @@ def test_a_run_with_thousands_of_events_is_stored_and_read_back(
 
 @pytest.mark.parametrize("how", list(Damage), ids=[d.value for d in Damage])
 def test_a_damaged_active_record_does_not_hide_the_others_from_listings(
-    repo_harness: RunRepositoryHarness, how: Damage
+    run_repository_harness: RunRepositoryHarness, how: Damage
 ) -> None:
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     runs = [advance(new_run(), S.QUEUED) for _ in range(3)]
     for run in runs:
         repo.add(run)
-    repo_harness.damage(PROJECT_A, runs[1].run_id, how)
+    run_repository_harness.damage(PROJECT_A, runs[1].run_id, how)
     listed = {r.run_id for r in repo.list_active(PROJECT_A)}
     assert runs[0].run_id in listed
     assert runs[2].run_id in listed
@@ -737,15 +745,15 @@ def test_a_damaged_active_record_does_not_hide_the_others_from_listings(
 
 @pytest.mark.parametrize("how", list(Damage), ids=[d.value for d in Damage])
 def test_saving_over_a_damaged_record_raises_only_domain_errors(
-    repo_harness: RunRepositoryHarness, how: Damage
+    run_repository_harness: RunRepositoryHarness, how: Damage
 ) -> None:
     """Either the save is refused with a domain error, or the good run replaces the damage;
     never a parser's exception escaping the port."""
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = advance(new_run(), S.QUEUED)
     repo.add(run)
     version = run.version
-    repo_harness.damage(PROJECT_A, run.run_id, how)
+    run_repository_harness.damage(PROJECT_A, run.run_id, how)
     run.job_observed(at(20), JobObservation("4242", JobState.RUNNING, source="squeue"))
     try:
         repo.save(run, version)
@@ -819,7 +827,7 @@ def _race_in_processes(
 
 
 def test_two_processes_racing_on_each_version_let_exactly_one_win(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
     """Two writers in two processes, each with its own adapter instance on the same storage
     (spawned: they share nothing but the file or the table), race on each version of one run:
@@ -828,12 +836,12 @@ def test_two_processes_racing_on_each_version_let_exactly_one_win(
     The fake cannot be shared by processes (its runs live in one object's memory), so for it
     the two writers are threads on that object: the same assertions, but a weaker claim, and
     the only one the fake can honestly be held to."""
-    repo = repo_harness.repo
+    repo = run_repository_harness.repo
     run = advance(new_run(), S.SUBMITTING)
     repo.add(run)
     rounds = 4
-    if isinstance(repo_harness, SharedStorageHarness):
-        outcomes = _race_in_processes(repo_harness.opener(), run.run_id, rounds)
+    if isinstance(run_repository_harness, SharedStorageHarness):
+        outcomes = _race_in_processes(run_repository_harness.opener(), run.run_id, rounds)
     else:
         outcomes = {
             n: [
@@ -870,13 +878,13 @@ def _at_once(calls: list[Callable[[], object]]) -> list[BaseException | None]:
 
 
 def test_one_idempotency_key_added_through_two_instances_at_once_makes_one_run(
-    repo_harness: RunRepositoryHarness,
+    run_repository_harness: RunRepositoryHarness,
 ) -> None:
     """Two adapter instances on the same storage (for the fake: its one object) add two runs
     with the same idempotency key at the same moment, ten times over: each time one run is
     stored, the other add is IdempotencyConflict and stores nothing, and both instances then
     find the stored run by the key (which is how a replayed request is answered)."""
-    instances = (repo_harness.repo, _second_instance(repo_harness))
+    instances = (run_repository_harness.repo, _second_instance(run_repository_harness))
     keys = 10
     for n in range(keys):
         key = f"submit-race-{n}"
@@ -891,6 +899,6 @@ def test_one_idempotency_key_added_through_two_instances_at_once_makes_one_run(
             found = repo.find_by_idempotency_key(PROJECT_A, key)
             assert found is not None
             assert facts(found) == facts(winners[0])
-    listed = repo_harness.repo.list(PROJECT_A, limit=100).runs
+    listed = run_repository_harness.repo.list(PROJECT_A, limit=100).runs
     assert len(listed) == keys
     assert {r.header.idempotency_key for r in listed} == {f"submit-race-{n}" for n in range(keys)}

@@ -21,18 +21,18 @@ VALUES = {"pem": PEM, "short": "hunter2-Qx9", "unicode": "mot-de-passe-été-�
 
 @pytest.mark.parametrize("kind", list(VALUES))
 def test_get_returns_the_value_through_reveal(
-    secrets_harness: SecretStoreHarness, kind: str
+    secret_store_harness: SecretStoreHarness, kind: str
 ) -> None:
-    ref = secrets_harness.put(f"pcluster-aaaaaaaa-{kind}", VALUES[kind])
-    assert secrets_harness.store.get(ref).reveal() == VALUES[kind]
+    ref = secret_store_harness.put(f"pcluster-aaaaaaaa-{kind}", VALUES[kind])
+    assert secret_store_harness.store.get(ref).reveal() == VALUES[kind]
 
 
 @pytest.mark.parametrize("kind", list(VALUES))
 def test_a_secret_never_shows_its_value(
-    secrets_harness: SecretStoreHarness, kind: str, caplog: pytest.LogCaptureFixture
+    secret_store_harness: SecretStoreHarness, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ref = secrets_harness.put(f"pcluster-aaaaaaaa-{kind}", VALUES[kind])
-    secret = secrets_harness.store.get(ref)
+    ref = secret_store_harness.put(f"pcluster-aaaaaaaa-{kind}", VALUES[kind])
+    secret = secret_store_harness.store.get(ref)
     with caplog.at_level(logging.DEBUG):
         logging.getLogger("contract").info("loaded %s %r", secret, secret)
     shown = [
@@ -52,9 +52,9 @@ def test_a_secret_never_shows_its_value(
 
 
 def test_a_missing_secret_is_secret_not_found_naming_the_reference(
-    secrets_harness: SecretStoreHarness,
+    secret_store_harness: SecretStoreHarness,
 ) -> None:
-    h = secrets_harness
+    h = secret_store_harness
     present = [h.put(f"pcluster-aaaaaaaa-{kind}", value) for kind, value in VALUES.items()]
     missing = SecretRef(present[0].ref + "-does-not-exist")
     with pytest.raises(SecretNotFound) as caught:

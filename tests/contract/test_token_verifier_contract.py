@@ -6,7 +6,7 @@ import pytest
 
 from obp_workflow.core.errors import Unauthenticated
 from obp_workflow.core.identity import Membership, Principal, Role
-from tests.contract.harness import PROJECT_A, VerifierHarness
+from tests.contract.harness import PROJECT_A, TokenVerifierHarness
 
 ALICE = Principal(
     subject="3f1c2a9e-0000-4000-8000-00000000a11c",
@@ -43,8 +43,8 @@ def bad_tokens(good: str) -> dict[str, str]:
     }
 
 
-def test_a_known_token_is_its_principal(verifier_harness: VerifierHarness) -> None:
-    h = verifier_harness
+def test_a_known_token_is_its_principal(token_verifier_harness: TokenVerifierHarness) -> None:
+    h = token_verifier_harness
     token = h.issue(ALICE)
     got = h.verifier.verify(token)
     assert got.subject == ALICE.subject
@@ -55,9 +55,9 @@ def test_a_known_token_is_its_principal(verifier_harness: VerifierHarness) -> No
 
 @pytest.mark.parametrize("kind", sorted(bad_tokens("x" * 20)))
 def test_a_bad_token_is_unauthenticated_and_reveals_nothing(
-    verifier_harness: VerifierHarness, kind: str
+    token_verifier_harness: TokenVerifierHarness, kind: str
 ) -> None:
-    h = verifier_harness
+    h = token_verifier_harness
     good = h.issue(ALICE)
     token = bad_tokens(good)[kind]
     with pytest.raises(Unauthenticated) as caught:
@@ -71,8 +71,8 @@ def test_a_bad_token_is_unauthenticated_and_reveals_nothing(
     assert ALICE.subject not in shown
 
 
-def test_every_bad_token_gets_the_same_answer(verifier_harness: VerifierHarness) -> None:
-    h = verifier_harness
+def test_every_bad_token_gets_the_same_answer(token_verifier_harness: TokenVerifierHarness) -> None:
+    h = token_verifier_harness
     messages = set()
     for token in bad_tokens(h.issue(ALICE)).values():
         with pytest.raises(Unauthenticated) as caught:

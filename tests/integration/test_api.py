@@ -1,6 +1,6 @@
 """The REST API over real HTTP: the local gateway, the authorizer, the API Lambda, the fakes.
 
-Tokens come from ``StaticTokenVerifier``; every other adapter is in memory. Each test works in
+Tokens come from ``FakeTokenVerifier``; every other adapter is in memory. Each test works in
 projects of its own, so the module shares one gateway.
 """
 
@@ -21,16 +21,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obp_workflow.adapters.fake.cluster import FakeCluster
-from obp_workflow.adapters.fake.simple import StaticTokenVerifier
+from obp_workflow.adapters.fake.cluster_gateway import FakeClusterGateway
+from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.run import SimulationRun
-from obp_workflow.entrypoints import lambda_api, lambda_authorizer
-from obp_workflow.entrypoints.api_models import PROBLEM_JSON, PROBLEM_TYPE_BASE
-from obp_workflow.entrypoints.bootstrap import Service, build
-from obp_workflow.entrypoints.local_gateway import LocalGateway, make_server
-from obp_workflow.entrypoints.settings import load_settings
-from tests.contract.harness_keycloak import KeycloakVerifierHarness
+from obp_workflow.entrypoints.aws_lambda import api as lambda_api
+from obp_workflow.entrypoints.aws_lambda import authorizer as lambda_authorizer
+from obp_workflow.entrypoints.composition.root import Service, build
+from obp_workflow.entrypoints.composition.settings import load_settings
+from obp_workflow.entrypoints.http import api as http_api
+from obp_workflow.entrypoints.http import authorization, routes
+from obp_workflow.entrypoints.http.models import PROBLEM_JSON, PROBLEM_TYPE_BASE
+from obp_workflow.entrypoints.http.openapi import openapi_document
+from obp_workflow.entrypoints.local.gateway import LocalGateway, make_server
+from tests.contract.harness_keycloak import KeycloakTokenVerifierHarness
 
 REQUEST = {"name": "a small circuit", "command": ["neurodamus", "--tstop", "10"]}
 WITH_OUTPUTS = {**REQUEST, "outputs": ["output/spikes.h5"]}
@@ -42,8 +46,8 @@ class World:
     client: httpx.Client
     issue: Callable[[Principal], str]
     container: Service
-    cluster: FakeCluster
-    keycloak: KeycloakVerifierHarness | None = None
+    cluster: FakeClusterGateway
+    keycloak: KeycloakTokenVerifierHarness | None = None
 
     def login(self, principal: Principal) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.issue(principal)}"}
@@ -52,19 +56,19 @@ class World:
         self, project: ProjectRef, run_id: str, until: Callable[[SimulationRun], bool]
     ) -> None:
         """Sweep the pipeline (what the workflow instance does) until ``until(run)``."""
-        service = self.container.workflow()
+        runs, pipeline = self.container.run_repository(), self.container.pipeline()
         for _ in range(50):
-            if until(service.runs.get(project, run_id)):
+            if until(runs.get(project, run_id)):
                 return
-            service.sweep(project)
-        raise AssertionError(f"run {run_id} never got there: {service.runs.get(project, run_id)}")
+            pipeline.sweep(project)
+        raise AssertionError(f"run {run_id} never got there: {runs.get(project, run_id)}")
 
 
 class StaticTokens:
     """Tokens known to an in-memory verifier."""
 
     def __init__(self) -> None:
-        self.verifier = StaticTokenVerifier()
+        self.verifier = FakeTokenVerifier()
 
     def issue(self, principal: Principal) -> str:
         token = "t-" + uuid.uuid4().hex
@@ -76,12 +80,12 @@ class StaticTokens:
 def world(request: pytest.FixtureRequest) -> Iterator[World]:
     """The API over real HTTP; tokens from an in-memory verifier, or minted by the Keycloak-shaped
     test issuer (over HTTP: discovery, JWKS) and checked by the production verifier."""
-    keycloak = KeycloakVerifierHarness() if request.param == "keycloak-issuer" else None
+    keycloak = KeycloakTokenVerifierHarness() if request.param == "keycloak-issuer" else None
     static = StaticTokens()
     verifier = keycloak.verifier if keycloak is not None else static.verifier
     issue = keycloak.issue if keycloak is not None else static.issue
-    cluster = FakeCluster(auto_progress=True)
-    container = build(load_settings(), tokens=verifier, cluster=cluster)
+    cluster = FakeClusterGateway(auto_progress=True)
+    container = build(load_settings(), token_verifier=verifier, cluster_gateway=cluster)
     gateway = make_server("127.0.0.1", 0, container)
     thread = threading.Thread(target=gateway.serve_forever, daemon=True)
     thread.start()
@@ -152,7 +156,7 @@ def test_the_openapi_document_is_served_without_a_token(world: World) -> None:
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == lambda_api.openapi_document()
+    assert response.json() == openapi_document()
 
 
 # ================================================================ runs
@@ -173,7 +177,7 @@ def test_a_submission_is_accepted_with_the_run_and_where_to_find_it(world: World
     assert [(e["to_state"], e["reason"]) for e in run["timeline"]] == [
         ("ACCEPTED", "request accepted")
     ]
-    assert world.container.workflow().instances.describe(project) is not None  # instance started
+    assert world.container.instance_orchestrator().describe(project) is not None  # instance started
 
 
 def test_a_run_shows_its_state_timeline_job_sync_and_registration(world: World) -> None:
@@ -216,7 +220,7 @@ def test_a_run_the_cluster_does_not_answer_about_is_stale_not_failed(world: Worl
     world.drive(project, run_id, lambda r: r.job_id is not None)
     world.cluster.unreachable = True
     try:
-        world.container.workflow().sweep(project)
+        world.container.pipeline().sweep(project)
         run = world.client.get(f"{runs_url(project)}/{run_id}", headers=who).json()
         log = world.client.get(f"{runs_url(project)}/{run_id}/log", headers=who)
     finally:
@@ -434,7 +438,7 @@ def test_an_idempotency_key_must_be_printable_ascii(world: World) -> None:
 
 def test_a_body_too_large_is_refused(world: World) -> None:
     project = new_project()
-    big = {**REQUEST, "script": "x" * (lambda_api.MAX_BODY_BYTES + 1)}
+    big = {**REQUEST, "script": "x" * (http_api.MAX_BODY_BYTES + 1)}
 
     response = world.client.post(runs_url(project), json=big, headers=world.login(member(project)))
 
@@ -648,7 +652,7 @@ def _policy(effect: str, resource: str) -> Callable[..., dict[str, Any]]:
                     {"Action": "execute-api:Invoke", "Effect": effect, "Resource": resource}
                 ],
             },
-            "context": lambda_authorizer.principal_context(person("someone")),
+            "context": authorization.principal_context(person("someone")),
         }
 
     return answer
@@ -675,7 +679,7 @@ def test_the_gateway_enforces_the_authorizers_policy(
     status: int,
     kind: str | None,
 ) -> None:
-    monkeypatch.setattr(lambda_authorizer, "authorize", authorizer)
+    monkeypatch.setattr(authorization, "authorize", authorizer)
 
     response = world.client.get(
         f"/v1/virtual-labs/{uuid.uuid4()}/projects/{uuid.uuid4()}/instance",
@@ -692,9 +696,9 @@ def test_the_gateway_enforces_the_authorizers_policy(
 def test_the_handler_modules_import_only_what_their_cold_path_needs() -> None:
     code = (
         "import json, sys\n"
-        "import obp_workflow.entrypoints.lambda_authorizer\n"
+        "import obp_workflow.entrypoints.aws_lambda.authorizer\n"
         "authorizer = sorted(sys.modules)\n"
-        "import obp_workflow.entrypoints.lambda_api\n"
+        "import obp_workflow.entrypoints.aws_lambda.api\n"
         "print(json.dumps([authorizer, sorted(sys.modules)]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -705,11 +709,13 @@ def test_the_handler_modules_import_only_what_their_cold_path_needs() -> None:
 
     heavy = ("boto3", "botocore", "aws_lambda_powertools", "pydantic", "dependency_injector")
     assert loaded(authorizer, *heavy) == set()
-    assert loaded(authorizer, "obp_workflow.entrypoints.bootstrap") == set()
+    assert loaded(authorizer, "obp_workflow.entrypoints.composition.root") == set()
     assert loaded(api, "boto3", "dependency_injector") == set()
     # Powertools' own __init__ imports the bare botocore package (~7 ms) for its user-agent hook.
     assert loaded(api, "botocore") <= {"botocore"}
-    assert loaded(api, "obp_workflow.entrypoints.bootstrap", "obp_workflow.adapters") == set()
+    assert (
+        loaded(api, "obp_workflow.entrypoints.composition.root", "obp_workflow.adapters") == set()
+    )
 
 
 def test_the_authorizer_allows_the_whole_stage_and_passes_the_caller_as_flat_strings() -> None:
@@ -726,10 +732,10 @@ def test_the_authorizer_allows_the_whole_stage_and_passes_the_caller_as_flat_str
         "headers": {"AUTHORIZATION": "Bearer tok"},
     }
 
-    answer = lambda_authorizer.authorize(event, StaticTokenVerifier({"tok": ada}))
+    answer = authorization.authorize(event, FakeTokenVerifier({"tok": ada}))
     odd_path = {**event, "methodArn": event["methodArn"] + "/a\nb"}
 
-    assert lambda_authorizer.authorize(odd_path, StaticTokenVerifier({"tok": ada})) == answer
+    assert authorization.authorize(odd_path, FakeTokenVerifier({"tok": ada})) == answer
     assert answer["principalId"] == ada.subject
     assert answer["policyDocument"] == {
         "Version": "2012-10-17",
@@ -745,7 +751,7 @@ def test_the_authorizer_allows_the_whole_stage_and_passes_the_caller_as_flat_str
     assert all(isinstance(v, str) for v in context.values())
     assert context["subject"] == ada.subject
     assert context["username"] == "ada"
-    assert lambda_authorizer.principal_from_context(context) == ada
+    assert authorization.principal_from_context(context) == ada
 
 
 def test_the_authorizer_refuses_with_unauthorized_and_nothing_else() -> None:
@@ -755,11 +761,11 @@ def test_the_authorizer_refuses_with_unauthorized_and_nothing_else() -> None:
         "multiValueHeaders": {"Authorization": ["Bearer a", "Bearer b"]},
     }
     with pytest.raises(Exception, match=r"^Unauthorized$"):
-        lambda_authorizer.authorize(event, StaticTokenVerifier())
+        authorization.authorize(event, FakeTokenVerifier())
     for value in ("Bearer unknown", "Bearer tok ", "Bearer ", " Bearer tok", "Bearer tok,tok"):
         event["multiValueHeaders"] = {"authorization": [value]}
         with pytest.raises(Exception, match=r"^Unauthorized$"):
-            lambda_authorizer.authorize(event, StaticTokenVerifier({"tok": member(new_project())}))
+            authorization.authorize(event, FakeTokenVerifier({"tok": member(new_project())}))
 
 
 def test_the_api_refuses_an_event_without_a_caller() -> None:
@@ -774,7 +780,7 @@ def test_the_api_refuses_an_event_without_a_caller() -> None:
         "isBase64Encoded": False,
     }
 
-    response = lambda_api.handle(event, None, build(load_settings()))
+    response = http_api.handle(event, None, build(load_settings()).requests)
 
     assert response["statusCode"] == 401
     assert json.loads(response["body"])["type"] == PROBLEM_TYPE_BASE + "unauthenticated"
@@ -783,7 +789,7 @@ def test_the_api_refuses_an_event_without_a_caller() -> None:
 def _direct(method: str, project: ProjectRef, path: str, ada: Principal) -> dict[str, Any]:
     """An API Gateway event for the API handler, with ``ada`` as the authorizer's caller."""
     url = runs_url(project) + path
-    context = lambda_authorizer.principal_context(ada)
+    context = authorization.principal_context(ada)
     return {
         "httpMethod": method,
         "path": url,
@@ -805,9 +811,9 @@ def test_a_response_that_breaks_its_model_is_a_500_problem_not_a_422(
     project = new_project()
     ada = member(project)
     container = build(load_settings())
-    monkeypatch.setattr(lambda_api, "run_view", lambda run: {"run_id": run.run_id})
+    monkeypatch.setattr(routes, "run_view", lambda run: {"run_id": run.run_id})
 
-    response = lambda_api.handle(_direct("POST", project, "", ada), None, container)
+    response = http_api.handle(_direct("POST", project, "", ada), None, container.requests)
 
     assert response["statusCode"] == 500
     assert response["multiValueHeaders"]["Content-Type"] == [PROBLEM_JSON]
@@ -825,9 +831,11 @@ def test_an_unexpected_error_is_a_500_problem_that_says_nothing_of_it(
     def broken(run: SimulationRun) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(lambda_api, "run_view", broken)
+    monkeypatch.setattr(routes, "run_view", broken)
 
-    response = lambda_api.handle(_direct("POST", project, "", member(project)), None, container)
+    response = http_api.handle(
+        _direct("POST", project, "", member(project)), None, container.requests
+    )
 
     assert response["statusCode"] == 500
     assert json.loads(response["body"])["type"] == PROBLEM_TYPE_BASE + "internal-error"
@@ -837,7 +845,7 @@ def test_an_unexpected_error_is_a_500_problem_that_says_nothing_of_it(
 def test_the_lambda_handlers_use_an_injected_container() -> None:
     project = new_project()
     ada = member(project)
-    container = build(load_settings(), tokens=StaticTokenVerifier({"tok": ada}))
+    container = build(load_settings(), token_verifier=FakeTokenVerifier({"tok": ada}))
     lambda_api.use_container(container)
     lambda_authorizer.use_container(container)
     try:
@@ -868,7 +876,7 @@ def test_the_lambda_handlers_use_an_injected_container() -> None:
         lambda_authorizer.use_container(None)
 
     assert response["statusCode"] == 202
-    assert len(container.workflow().runs.list(project).runs) == 1
+    assert len(container.run_repository().list(project).runs) == 1
 
 
 # ================================================================ tenancy, as properties
@@ -923,7 +931,7 @@ def test_a_member_of_another_project_can_do_nothing_in_this_one(
     victim = submit(world, TARGET, owner)["run_id"]
     who = world.login(mallory)
     base = runs_url(TARGET)
-    made_before = len(world.container.workflow().runs.list(TARGET, limit=500).runs)
+    made_before = len(world.container.run_repository().list(TARGET, limit=500).runs)
 
     answers = {
         "list": world.client.get(base, headers=who),
@@ -940,9 +948,9 @@ def test_a_member_of_another_project_can_do_nothing_in_this_one(
         assert_problem(response, 404, "not-found")
     # The answer about an existing run is the answer about a missing one: nothing leaks.
     assert answers["read"].json() == answers["read-missing"].json()
-    service = world.container.workflow()
-    assert service.runs.get(TARGET, victim).state.value == "ACCEPTED"
-    assert len(service.runs.list(TARGET, limit=500).runs) == made_before
+    runs = world.container.run_repository()
+    assert runs.get(TARGET, victim).state.value == "ACCEPTED"
+    assert len(runs.list(TARGET, limit=500).runs) == made_before
 
 
 @given(admin_kind=st.sampled_from(["project-admin", "vlab-admin"]), reason=st.text(max_size=40))
@@ -975,7 +983,7 @@ def test_only_an_admin_may_cancel_another_members_run(
 # ================================================================ Keycloak tokens over HTTP
 
 #: Tokens the Keycloak-shaped issuer mints wrongly, each refused with the same bare 401.
-BAD_KEYCLOAK_TOKENS: dict[str, Callable[[KeycloakVerifierHarness, str], str]] = {
+BAD_KEYCLOAK_TOKENS: dict[str, Callable[[KeycloakTokenVerifierHarness, str], str]] = {
     "expired": lambda k, sub: k.issuer.mint(sub, lifetime=-600),
     "not-yet-valid": lambda k, sub: k.issuer.mint(sub, not_before=k.issuer.clock() + 3600),
     "wrong-issuer": lambda k, sub: k.issuer.mint(sub, extra={"iss": "https://evil/realms/x"}),

@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 from schemathesis.core.parameters import ParameterLocation
 
-from obp_workflow.adapters.fake.simple import StaticTokenVerifier
+from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier
 from obp_workflow.core.identity import Principal, parse_groups
-from obp_workflow.entrypoints.bootstrap import build
-from obp_workflow.entrypoints.lambda_api import openapi_document
-from obp_workflow.entrypoints.local_gateway import LocalGateway, make_server
-from obp_workflow.entrypoints.settings import load_settings
+from obp_workflow.entrypoints.composition.root import build
+from obp_workflow.entrypoints.composition.settings import load_settings
+from obp_workflow.entrypoints.http.openapi import openapi_document
+from obp_workflow.entrypoints.local.gateway import LocalGateway, make_server
 
 #: Examples per operation and phase: modest, for a 2-core CI.
 MAX_EXAMPLES = 30
@@ -46,7 +46,7 @@ SEMANTIC_422 = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 
 
 def _start_gateway() -> LocalGateway:
-    container = build(load_settings(), tokens=StaticTokenVerifier({TOKEN: ADMIN}))
+    container = build(load_settings(), token_verifier=FakeTokenVerifier({TOKEN: ADMIN}))
     server = make_server("127.0.0.1", 0, container)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

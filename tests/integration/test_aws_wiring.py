@@ -5,29 +5,33 @@ Keycloak realm, the client secret in moto's Secrets Manager) on the Nexus test s
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 
 from obp_workflow.adapters.aws.dynamodb import DynamoRunRepository, create_table
-from obp_workflow.adapters.aws.ecs import EcsInstances
+from obp_workflow.adapters.aws.ecs import EcsInstanceOrchestrator
 from obp_workflow.adapters.keycloak.verifier import KeycloakTokenVerifier
-from obp_workflow.adapters.local.sync_router import SyncRouter
 from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
 from obp_workflow.adapters.nexus.upload import NexusUploadSynchronizer
-from obp_workflow.adapters.provisioner.http import HttpProvisioner
-from obp_workflow.adapters.ssh.hsm import LustreHsmSynchronizer
-from obp_workflow.adapters.ssh.slurm import SlurmGateway
+from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner
+from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway
+from obp_workflow.adapters.sync.lustre_hsm import LustreHsmSynchronizer
+from obp_workflow.adapters.sync.router import SyncRouter
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState
 from obp_workflow.core.sync import SyncedFile, SyncOutcome
-from obp_workflow.entrypoints.bootstrap import Service, build
-from obp_workflow.entrypoints.settings import SettingsError, load_settings
+from obp_workflow.entrypoints.composition.root import Service, build
+from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
 from obp_workflow.ports.knowledge_graph import RunProvenance
 from tests.contract.harness import T0, make_header
-from tests.contract.harness_aws import EcsInstancesHarness, aws_client, moto
+from tests.contract.harness_aws import EcsInstanceOrchestratorHarness, aws_client, moto
 from tests.keycloak_issuer import KeycloakIssuer
 from tests.nexus_server import NexusServer
 
@@ -83,7 +87,9 @@ def aws_settings(realm: KeycloakIssuer, nexus: NexusServer) -> dict[str, object]
 
 @pytest.fixture
 def aws_service(realm: KeycloakIssuer, nexus: NexusServer) -> Iterator[Service]:
-    ecs = EcsInstancesHarness()  # a moto ECS cluster, task definition, VPC, subnet and group
+    ecs = (
+        EcsInstanceOrchestratorHarness()
+    )  # a moto ECS cluster, task definition, VPC, subnet and group
     try:
         create_table(aws_client("dynamodb"), "obp-runs")
         secrets = aws_client("secretsmanager")
@@ -105,30 +111,30 @@ def aws_service(realm: KeycloakIssuer, nexus: NexusServer) -> Iterator[Service]:
 
 
 def test_the_aws_settings_select_the_production_adapters(aws_service: Service) -> None:
-    assert isinstance(aws_service.runs(), DynamoRunRepository)
-    assert isinstance(aws_service.instances(), EcsInstances)
-    assert isinstance(aws_service.provisioner(), HttpProvisioner)
-    assert isinstance(aws_service.gateway(), SlurmGateway)
-    assert isinstance(aws_service.tokens(), KeycloakTokenVerifier)
+    assert isinstance(aws_service.run_repository(), DynamoRunRepository)
+    assert isinstance(aws_service.instance_orchestrator(), EcsInstanceOrchestrator)
+    assert isinstance(aws_service.cluster_provisioner(), HttpClusterProvisioner)
+    assert isinstance(aws_service.cluster_gateway(), SlurmClusterGateway)
+    assert isinstance(aws_service.token_verifier(), KeycloakTokenVerifier)
     graph = aws_service.knowledge_graph()
     assert isinstance(graph, NexusKnowledgeGraph)
     assert graph.settings.s3_storage_bucket == "nexus-data"  # the Lustre data bucket
-    sync = aws_service.synchronizer()
+    sync = aws_service.data_synchronizer()
     assert isinstance(sync, SyncRouter)
     assert isinstance(sync.lustre, LustreHsmSynchronizer)
     assert isinstance(sync.upload, NexusUploadSynchronizer)
     assert sync.upload.graph is graph
-    pool = aws_service.gateway().pool
+    pool = aws_service.cluster_gateway().pool
     assert pool.settings.connects_per_minute == 3  # OBP_SSH_CONNECTS_PER_MINUTE
 
 
 def test_a_run_submitted_on_aws_is_stored_and_starts_one_instance(aws_service: Service) -> None:
-    service = aws_service.workflow()
+    requests = aws_service.requests()
     request = SimulationRequest.parse({"command": ["run-sim"]})
-    run = service.submit(ADA, PROJECT, request, idempotency_key="k-1")
-    again = service.submit(ADA, PROJECT, request, idempotency_key="k-1")
+    run = requests.submit(ADA, PROJECT, request, idempotency_key="k-1")
+    again = requests.submit(ADA, PROJECT, request, idempotency_key="k-1")
     assert again.run_id == run.run_id
-    stored = service.runs.get(PROJECT, run.run_id)
+    stored = requests.run_repository.get(PROJECT, run.run_id)
     assert stored.state is RunState.ACCEPTED
     ecs = aws_client("ecs")
     tasks = ecs.list_tasks(cluster=aws_service.settings().ecs_cluster, startedBy=PROJECT.key)
@@ -170,3 +176,70 @@ def test_missing_aws_settings_are_named_all_at_once() -> None:
         assert variable in message
     with pytest.raises(SettingsError, match=r"OBP_NEXUS_ENDPOINT: .*ending in /v1"):
         load_settings(nexus_endpoint="https://nexus.example.org/api")
+
+
+API_COLD_CALLS = """
+import json, sys
+from obp_workflow.entrypoints.aws_lambda import api as lambda_api
+vlab, project = sys.argv[1], sys.argv[2]
+path = f"/v1/virtual-labs/{vlab}/projects/{project}/runs"
+caller = {
+    "subject": "cold-user", "username": "cold", "memberships": f"/proj/{vlab}/{project}/member"
+}
+def event(method, url, body=None):
+    headers = {"Content-Type": "application/json"} if body else {}
+    return {
+        "resource": "/{proxy+}", "path": url, "httpMethod": method, "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "requestContext": {"authorizer": caller}, "body": body, "isBase64Encoded": False,
+    }
+posted = lambda_api.handler(event("POST", path, json.dumps({"command": ["true"]})), None)
+assert posted["statusCode"] == 202, posted
+run_id = json.loads(posted["body"])["run_id"]
+got = lambda_api.handler(event("GET", f"{path}/{run_id}"), None)
+assert got["statusCode"] == 200, got
+assert json.loads(got["body"])["state"] == "ACCEPTED", got
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_the_api_lambdas_first_post_and_get_on_aws_build_only_the_requests_side(
+    aws_service: Service,
+) -> None:
+    """A fresh interpreter, as a Lambda's cold start: the POST stores the run in DynamoDB and
+    starts the ECS task, the GET reads it back; neither loads the cluster, Nexus or Luigi."""
+    settings = aws_service.settings()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OBP_")} | {
+        f"OBP_{name.upper()}": str(value)
+        for name, value in settings.model_dump().items()
+        if value is not None and not isinstance(value, bool)
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", API_COLD_CALLS, PROJECT.virtual_lab_id, PROJECT.project_id],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def loaded(*names: str) -> set[str]:
+        return {m for m in modules for n in names if m == n or m.startswith(n + ".")}
+
+    assert loaded("obp_workflow.adapters.aws.dynamodb", "obp_workflow.adapters.aws.ecs")
+    assert loaded("paramiko", "luigi") == set()
+    assert (
+        loaded(
+            "obp_workflow.adapters.nexus",
+            "obp_workflow.adapters.ssh",
+            "obp_workflow.adapters.sync",
+            "obp_workflow.adapters.provisioner",
+            "obp_workflow.adapters.keycloak",
+            "obp_workflow.application.pipeline",
+        )
+        == set()
+    )
+    ecs = aws_client("ecs")
+    tasks = ecs.list_tasks(cluster=settings.ecs_cluster, startedBy=PROJECT.key)
+    assert len(tasks["taskArns"]) == 1

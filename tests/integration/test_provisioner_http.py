@@ -1,4 +1,4 @@
-"""HttpProvisioner against the SigV4-checking provisioner server: what is specific to HTTP.
+"""HttpClusterProvisioner against the SigV4-checking provisioner server: what is specific to HTTP.
 
 The port's behaviour is proven by the contract suite (id ``provisioner-http``); here: the exact
 requests (paths, query order, signatures), the server's refusals, retries and their bounds, the
@@ -20,9 +20,9 @@ import pytest
 from botocore.credentials import Credentials
 from botocore.session import Session as BotocoreSession
 
-from obp_workflow.adapters.fake.simple import InMemorySecretStore
+from obp_workflow.adapters.fake.secret_store import FakeSecretStore
 from obp_workflow.adapters.provisioner.http import (
-    HttpProvisioner,
+    HttpClusterProvisioner,
     host_key_from_secrets,
     phase_of,
 )
@@ -38,7 +38,7 @@ from tests.contract.harness import PROJECT_A, PROJECT_B
 from tests.contract.harness_provisioner import (
     NEXUS_BUCKET,
     TEST_SETTINGS,
-    HttpProvisionerHarness,
+    HttpClusterProvisionerHarness,
     fake_host_key,
 )
 from tests.provisioner_server import (
@@ -58,19 +58,19 @@ A_IDS = f"project_id={PROJECT_A.project_id}&vlab_id={PROJECT_A.virtual_lab_id}"
 
 
 @pytest.fixture
-def h() -> Iterator[HttpProvisionerHarness]:
-    harness = HttpProvisionerHarness()
+def h() -> Iterator[HttpClusterProvisionerHarness]:
+    harness = HttpClusterProvisionerHarness()
     try:
         yield harness
     finally:
         harness.close()
 
 
-def make(**options: object) -> HttpProvisionerHarness:
-    return HttpProvisionerHarness(**options)  # type: ignore[arg-type]
+def make(**options: object) -> HttpClusterProvisionerHarness:
+    return HttpClusterProvisionerHarness(**options)  # type: ignore[arg-type]
 
 
-def ready(h: HttpProvisionerHarness, project: ProjectRef = PROJECT_A) -> ClusterHandle:
+def ready(h: HttpClusterProvisionerHarness, project: ProjectRef = PROJECT_A) -> ClusterHandle:
     h.provisioner.request(project)
     h.let_creation_finish(project)
     status = h.provisioner.describe(project)
@@ -93,7 +93,7 @@ class Sleeps:
 # ==================================================================== the requests
 
 
-def test_query_parameters_are_sent_in_alphabetical_order(h: HttpProvisionerHarness) -> None:
+def test_query_parameters_are_sent_in_alphabetical_order(h: HttpClusterProvisionerHarness) -> None:
     h.provisioner.request(PROJECT_A)
     h.provisioner.describe(PROJECT_A)
     h.provisioner.delete(PROJECT_A)
@@ -117,7 +117,9 @@ def test_the_tier_goes_between_the_ids_and_no_lustre_is_said_explicitly() -> Non
         h.close()
 
 
-def test_every_request_is_signed_for_execute_api_in_the_region(h: HttpProvisionerHarness) -> None:
+def test_every_request_is_signed_for_execute_api_in_the_region(
+    h: HttpClusterProvisionerHarness,
+) -> None:
     h.provisioner.request(PROJECT_A)
     for recorded in h.server.requests:
         auth = recorded.headers["Authorization"]
@@ -127,8 +129,8 @@ def test_every_request_is_signed_for_execute_api_in_the_region(h: HttpProvisione
         assert recorded.status != 403
 
 
-def test_a_base_url_with_a_stage_keeps_its_path(h: HttpProvisionerHarness) -> None:
-    adapter = HttpProvisioner(
+def test_a_base_url_with_a_stage_keeps_its_path(h: HttpClusterProvisionerHarness) -> None:
+    adapter = HttpClusterProvisioner(
         h.server.url + "/production/",
         credentials=CREDENTIALS,
         region=REGION,
@@ -143,7 +145,7 @@ def test_a_base_url_with_a_stage_keeps_its_path(h: HttpProvisionerHarness) -> No
         adapter.close()
 
 
-def test_version(h: HttpProvisionerHarness) -> None:
+def test_version(h: HttpClusterProvisionerHarness) -> None:
     assert h.http.version() == SERVER_VERSION
 
 
@@ -154,14 +156,14 @@ def _raw(method: str, url: str, headers: dict[str, str]) -> httpx.Response:
     return httpx.request(method, url, headers=headers, timeout=5)
 
 
-def test_the_server_accepts_a_correct_signature(h: HttpProvisionerHarness) -> None:
+def test_the_server_accepts_a_correct_signature(h: HttpClusterProvisionerHarness) -> None:
     url = f"{h.server.url}{PCLUSTER}?{A_IDS}"
     response = _raw("GET", url, sign("GET", url))
     assert response.status_code == 404, response.text  # signed right; no such cluster
     assert "does not exist" in response.json()["message"]
 
 
-def test_the_server_refuses_a_tampered_request(h: HttpProvisionerHarness) -> None:
+def test_the_server_refuses_a_tampered_request(h: HttpClusterProvisionerHarness) -> None:
     """Signed for project A, sent for project B: API Gateway's 403."""
     signed_url = f"{h.server.url}{PCLUSTER}?{A_IDS}"
     headers = sign("GET", signed_url)
@@ -171,7 +173,7 @@ def test_the_server_refuses_a_tampered_request(h: HttpProvisionerHarness) -> Non
     assert response.json() == {"message": SIGNATURE_MISMATCH}
 
 
-def test_the_server_refuses_a_tampered_signature(h: HttpProvisionerHarness) -> None:
+def test_the_server_refuses_a_tampered_signature(h: HttpClusterProvisionerHarness) -> None:
     url = f"{h.server.url}{PCLUSTER}?{A_IDS}"
     headers = sign("GET", url)
     signature = headers["Authorization"][-64:]
@@ -194,7 +196,7 @@ def test_the_server_refuses_a_tampered_signature(h: HttpProvisionerHarness) -> N
     ],
 )
 def test_the_server_refuses_bad_missing_and_stale_signatures(
-    h: HttpProvisionerHarness, how: str, message: str
+    h: HttpClusterProvisionerHarness, how: str, message: str
 ) -> None:
     url = f"{h.server.url}{PCLUSTER}?{A_IDS}"
     key, secret, token = CREDENTIALS.access_key, CREDENTIALS.secret_key, CREDENTIALS.token
@@ -216,13 +218,17 @@ def test_the_server_refuses_bad_missing_and_stale_signatures(
     assert response.json()["message"].startswith(message)
 
 
-def test_an_unknown_resource_is_missing_authentication_token(h: HttpProvisionerHarness) -> None:
+def test_an_unknown_resource_is_missing_authentication_token(
+    h: HttpClusterProvisionerHarness,
+) -> None:
     url = f"{h.server.url}/hpc-provisioner/nothing"
     response = _raw("GET", url, sign("GET", url))
     assert (response.status_code, response.json()) == (403, {"message": MISSING_TOKEN})
 
 
-def test_the_listing_without_ids_names_clusters_without_ids(h: HttpProvisionerHarness) -> None:
+def test_the_listing_without_ids_names_clusters_without_ids(
+    h: HttpClusterProvisionerHarness,
+) -> None:
     h.provisioner.request(PROJECT_A)
     url = f"{h.server.url}{PCLUSTER}"
     response = _raw("GET", url, sign("GET", url))
@@ -235,7 +241,7 @@ def test_the_listing_without_ids_names_clusters_without_ids(h: HttpProvisionerHa
 
 @pytest.mark.parametrize("how", ["other-secret", "stale"])
 def test_refused_credentials_are_service_unavailable_and_not_retried(
-    h: HttpProvisionerHarness, how: str
+    h: HttpClusterProvisionerHarness, how: str
 ) -> None:
     credentials = CREDENTIALS
     if how == "other-secret":
@@ -259,7 +265,7 @@ def test_refused_credentials_are_service_unavailable_and_not_retried(
 # ==================================================================== retries
 
 
-def test_500s_then_success_are_retried(h: HttpProvisionerHarness) -> None:
+def test_500s_then_success_are_retried(h: HttpClusterProvisionerHarness) -> None:
     sleeps = Sleeps()
     adapter = h.adapter(sleep=sleeps)
     try:
@@ -272,7 +278,7 @@ def test_500s_then_success_are_retried(h: HttpProvisionerHarness) -> None:
     assert all(0 < d <= TEST_SETTINGS.backoff_cap_seconds for d in sleeps.delays)
 
 
-def test_a_retried_request_is_signed_anew(h: HttpProvisionerHarness) -> None:
+def test_a_retried_request_is_signed_anew(h: HttpClusterProvisionerHarness) -> None:
     adapter = h.adapter(sleep=lambda _s: time.sleep(1.05))  # a new second, a new X-Amz-Date
     try:
         h.server.fail_next(1, 502, "Bad Gateway")
@@ -284,7 +290,7 @@ def test_a_retried_request_is_signed_anew(h: HttpProvisionerHarness) -> None:
     assert second.status == 404
 
 
-def test_429_honours_retry_after(h: HttpProvisionerHarness) -> None:
+def test_429_honours_retry_after(h: HttpClusterProvisionerHarness) -> None:
     sleeps = Sleeps()
     adapter = h.adapter(sleep=sleeps)
     try:
@@ -301,7 +307,7 @@ def test_429_honours_retry_after(h: HttpProvisionerHarness) -> None:
     assert h.creations() == 1
 
 
-def test_a_retry_after_longer_than_the_cap_is_capped(h: HttpProvisionerHarness) -> None:
+def test_a_retry_after_longer_than_the_cap_is_capped(h: HttpClusterProvisionerHarness) -> None:
     sleeps = Sleeps()
     capped = dataclasses.replace(TEST_SETTINGS, max_retry_after_seconds=0.2)
     adapter = h.adapter(capped, sleep=sleeps)
@@ -314,7 +320,9 @@ def test_a_retry_after_longer_than_the_cap_is_capped(h: HttpProvisionerHarness) 
     assert sleeps.delays == [0.2, 0.2], "seconds and HTTP dates alike"
 
 
-def test_retries_are_bounded_and_end_in_service_unavailable(h: HttpProvisionerHarness) -> None:
+def test_retries_are_bounded_and_end_in_service_unavailable(
+    h: HttpClusterProvisionerHarness,
+) -> None:
     h.server.fail_next(100, 500, "pcluster exploded")
     started = time.monotonic()
     with pytest.raises(ServiceUnavailable) as caught:
@@ -326,7 +334,7 @@ def test_retries_are_bounded_and_end_in_service_unavailable(h: HttpProvisionerHa
     assert str(PROJECT_A) in caught.value.message
 
 
-def test_throttling_without_end_is_bounded_too(h: HttpProvisionerHarness) -> None:
+def test_throttling_without_end_is_bounded_too(h: HttpClusterProvisionerHarness) -> None:
     h.server.throttle_next(100, retry_after="0")
     with pytest.raises(ServiceUnavailable, match="429: Too Many Requests"):
         h.provisioner.request(PROJECT_A)
@@ -351,7 +359,7 @@ def test_an_unreachable_provisioner_is_service_unavailable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    adapter = HttpProvisioner(
+    adapter = HttpClusterProvisioner(
         f"http://127.0.0.1:{port}",
         credentials=CREDENTIALS,
         region=REGION,
@@ -366,7 +374,7 @@ def test_an_unreachable_provisioner_is_service_unavailable() -> None:
 
 
 def test_request_after_a_post_whose_describe_fails_is_in_progress(
-    h: HttpProvisionerHarness,
+    h: HttpClusterProvisionerHarness,
 ) -> None:
     """The POST went through; the GET after it did not: still asked for, not an error."""
     original = h.server.handle
@@ -399,7 +407,7 @@ def test_request_after_a_post_whose_describe_fails_is_in_progress(
     ],
 )
 def test_unknown_and_transitional_statuses_are_in_progress_never_failed(
-    h: HttpProvisionerHarness, status: str
+    h: HttpClusterProvisionerHarness, status: str
 ) -> None:
     h.provisioner.request(PROJECT_A)
     h.server.force_status(PROJECT_A.virtual_lab_id, PROJECT_A.project_id, status)
@@ -411,7 +419,7 @@ def test_unknown_and_transitional_statuses_are_in_progress_never_failed(
 
 
 @pytest.mark.parametrize("status", ["CREATE_COMPLETE", "UPDATE_COMPLETE"])
-def test_complete_statuses_are_ready(h: HttpProvisionerHarness, status: str) -> None:
+def test_complete_statuses_are_ready(h: HttpClusterProvisionerHarness, status: str) -> None:
     h.provisioner.request(PROJECT_A)
     h.server.force_status(PROJECT_A.virtual_lab_id, PROJECT_A.project_id, status)
     described = h.provisioner.describe(PROJECT_A)
@@ -423,7 +431,7 @@ def test_complete_statuses_are_ready(h: HttpProvisionerHarness, status: str) -> 
     "status", ["CREATE_FAILED", "DELETE_IN_PROGRESS", "DELETE_FAILED", "DELETE_COMPLETE"]
 )
 def test_failed_and_deleting_statuses_are_failed_with_a_reason(
-    h: HttpProvisionerHarness, status: str
+    h: HttpClusterProvisionerHarness, status: str
 ) -> None:
     h.provisioner.request(PROJECT_A)
     h.server.force_status(PROJECT_A.virtual_lab_id, PROJECT_A.project_id, status)
@@ -433,7 +441,9 @@ def test_failed_and_deleting_statuses_are_failed_with_a_reason(
     assert len(described.detail) > len(status)
 
 
-def test_a_failed_creation_reports_parallelclusters_failures(h: HttpProvisionerHarness) -> None:
+def test_a_failed_creation_reports_parallelclusters_failures(
+    h: HttpClusterProvisionerHarness,
+) -> None:
     h.fail_next_creation(PROJECT_A, "HeadNode c7i.48xlarge: InsufficientInstanceCapacity")
     h.provisioner.request(PROJECT_A)
     h.let_creation_finish(PROJECT_A)
@@ -459,7 +469,9 @@ def test_a_young_cluster_without_head_node_is_in_progress() -> None:
         h.close()
 
 
-def test_a_complete_cluster_without_head_node_is_not_ready(h: HttpProvisionerHarness) -> None:
+def test_a_complete_cluster_without_head_node_is_not_ready(
+    h: HttpClusterProvisionerHarness,
+) -> None:
     h.provisioner.request(PROJECT_A)
     h.let_creation_finish(PROJECT_A)
     original = h.server._described
@@ -473,7 +485,7 @@ def test_a_complete_cluster_without_head_node_is_not_ready(h: HttpProvisionerHar
     assert status.detail == "CREATE_COMPLETE (no head node described yet)"
 
 
-def test_creation_by_time(h: HttpProvisionerHarness) -> None:
+def test_creation_by_time(h: HttpClusterProvisionerHarness) -> None:
     h.server.lifecycle = Lifecycle(in_progress_seconds=0.4)
     h.provisioner.request(PROJECT_A)
     assert h.provisioner.describe(PROJECT_A).phase is P.IN_PROGRESS
@@ -514,7 +526,7 @@ def test_a_deletion_is_failed_while_in_progress_then_not_found() -> None:
         h.close()
 
 
-def test_a_description_of_another_project_is_never_ready(h: HttpProvisionerHarness) -> None:
+def test_a_description_of_another_project_is_never_ready(h: HttpClusterProvisionerHarness) -> None:
     ready(h)
     original = h.server._described
 
@@ -545,7 +557,9 @@ def test_not_found_and_500_messages_are_read_from_json_or_plain_text(bodies: str
 # ==================================================================== the handle
 
 
-def test_a_lustre_cluster_has_lustre_storage_with_its_fsx_id(h: HttpProvisionerHarness) -> None:
+def test_a_lustre_cluster_has_lustre_storage_with_its_fsx_id(
+    h: HttpClusterProvisionerHarness,
+) -> None:
     handle = ready(h)
     assert isinstance(handle.storage, LustreStorage)
     assert handle.storage.fsx_id.startswith("fs-")
@@ -572,7 +586,7 @@ def test_a_cluster_without_lustre_has_shared_storage() -> None:
         h.close()
 
 
-def test_the_handle_reaches_the_head_node(h: HttpProvisionerHarness) -> None:
+def test_the_handle_reaches_the_head_node(h: HttpClusterProvisionerHarness) -> None:
     handle = ready(h)
     head = _described(h, PROJECT_A)["headNode"]
     assert handle.name == f"pcluster-{PROJECT_A.virtual_lab_id}-{PROJECT_A.project_id}"
@@ -622,7 +636,9 @@ def test_key_references_come_from_the_post_answer(
         h.close()
 
 
-def test_after_a_restart_keys_are_the_provisioners_secret_names(h: HttpProvisionerHarness) -> None:
+def test_after_a_restart_keys_are_the_provisioners_secret_names(
+    h: HttpClusterProvisionerHarness,
+) -> None:
     before = ready(h)
     restarted = h.adapter()  # never POSTed: knows the cluster only from GET
     try:
@@ -638,7 +654,7 @@ def test_after_a_restart_keys_are_the_provisioners_secret_names(h: HttpProvision
 
 
 def test_without_key_templates_a_cluster_is_ready_only_once_requested(
-    h: HttpProvisionerHarness,
+    h: HttpClusterProvisionerHarness,
 ) -> None:
     ready(h)
     settings = dataclasses.replace(TEST_SETTINGS, user_key_template=None)
@@ -652,8 +668,8 @@ def test_without_key_templates_a_cluster_is_ready_only_once_requested(
         restarted.close()
 
 
-def test_without_a_host_key_the_cluster_is_never_ready(h: HttpProvisionerHarness) -> None:
-    store = InMemorySecretStore({})
+def test_without_a_host_key_the_cluster_is_never_ready(h: HttpClusterProvisionerHarness) -> None:
+    store = FakeSecretStore({})
     adapter = h.adapter(host_key_for=host_key_from_secrets(store))
     try:
         ready(h)
@@ -670,7 +686,7 @@ def test_without_a_host_key_the_cluster_is_never_ready(h: HttpProvisionerHarness
         adapter.close()
 
 
-def test_a_malformed_host_key_is_not_ready(h: HttpProvisionerHarness) -> None:
+def test_a_malformed_host_key_is_not_ready(h: HttpClusterProvisionerHarness) -> None:
     adapter = h.adapter(host_key_for=lambda _name: "not-a-key")
     try:
         ready(h)
@@ -681,7 +697,7 @@ def test_a_malformed_host_key_is_not_ready(h: HttpProvisionerHarness) -> None:
         adapter.close()
 
 
-def test_host_key_lookups_that_fail_transiently_raise(h: HttpProvisionerHarness) -> None:
+def test_host_key_lookups_that_fail_transiently_raise(h: HttpClusterProvisionerHarness) -> None:
     def flaky(_name: str) -> str:
         raise ServiceUnavailable("Secrets Manager is down")
 
@@ -696,10 +712,10 @@ def test_host_key_lookups_that_fail_transiently_raise(h: HttpProvisionerHarness)
 
 def test_secret_not_found_is_the_domain_error_the_host_key_lookup_raises() -> None:
     with pytest.raises(SecretNotFound):
-        host_key_from_secrets(InMemorySecretStore({}))("pcluster-x")
+        host_key_from_secrets(FakeSecretStore({}))("pcluster-x")
 
 
-def _described(h: HttpProvisionerHarness, project: ProjectRef) -> dict[str, Any]:
+def _described(h: HttpClusterProvisionerHarness, project: ProjectRef) -> dict[str, Any]:
     query = f"project_id={quote(project.project_id)}&vlab_id={quote(project.virtual_lab_id)}"
     url = f"{h.server.url}{PCLUSTER}?{query}"
     response = _raw("GET", url, sign("GET", url))
@@ -707,7 +723,7 @@ def _described(h: HttpProvisionerHarness, project: ProjectRef) -> dict[str, Any]
     return response.json()  # type: ignore[no-any-return]
 
 
-def test_an_explicit_deny_is_a_refusal_of_the_credentials(h: HttpProvisionerHarness) -> None:
+def test_an_explicit_deny_is_a_refusal_of_the_credentials(h: HttpClusterProvisionerHarness) -> None:
     denial = "User: arn:aws:sts::123456789012:assumed-role/wf/x is not authorized to perform"
     h.server.fail_next(1, 403, denial)
     with pytest.raises(ServiceUnavailable) as caught:
@@ -718,10 +734,10 @@ def test_an_explicit_deny_is_a_refusal_of_the_credentials(h: HttpProvisionerHarn
     assert h.creations() == 0
 
 
-def test_credentials_and_region_from_a_botocore_session(h: HttpProvisionerHarness) -> None:
+def test_credentials_and_region_from_a_botocore_session(h: HttpClusterProvisionerHarness) -> None:
     session = BotocoreSession()
     session.set_credentials(CREDENTIALS.access_key, CREDENTIALS.secret_key, CREDENTIALS.token)
-    adapter = HttpProvisioner.from_session(
+    adapter = HttpClusterProvisioner.from_session(
         h.server.url,
         settings=TEST_SETTINGS,
         host_key_for=fake_host_key,
@@ -735,7 +751,7 @@ def test_credentials_and_region_from_a_botocore_session(h: HttpProvisionerHarnes
         adapter.close()
 
 
-def test_one_adapter_serves_many_threads(h: HttpProvisionerHarness) -> None:
+def test_one_adapter_serves_many_threads(h: HttpClusterProvisionerHarness) -> None:
     ready(h)
     with ThreadPoolExecutor(8) as pool:
         found = list(pool.map(lambda _i: h.provisioner.describe(PROJECT_A), range(40)))

@@ -23,7 +23,7 @@ from obp_workflow.adapters.aws.dynamodb import (
     create_table,
     table_schema,
 )
-from obp_workflow.adapters.local.sqlite import SqliteRunRepository
+from obp_workflow.adapters.sqlite.run_repository import SqliteRunRepository
 from obp_workflow.core.errors import CorruptRecord, ServiceUnavailable
 from obp_workflow.core.run import RunState, SimulationRun
 from obp_workflow.ports.runs import RunRepository

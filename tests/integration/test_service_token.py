@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from obp_workflow.adapters.fake.simple import InMemorySecretStore
-from obp_workflow.adapters.keycloak.service_token import ClientCredentials, ServiceTokens
+from obp_workflow.adapters.fake.secret_store import FakeSecretStore
+from obp_workflow.adapters.keycloak.service_token import ClientCredentials, ServiceTokenProvider
 from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
 from obp_workflow.core.cluster import SecretRef
 from obp_workflow.core.errors import ServiceUnavailable
@@ -47,12 +47,12 @@ def tokens_for(
     secret: str = SECRET,
     clock: Clock | None = None,
     client: str = CLIENT,
-) -> tuple[ServiceTokens, InMemorySecretStore]:
-    store = InMemorySecretStore({SECRET_REF.ref: secret})
+) -> tuple[ServiceTokenProvider, FakeSecretStore]:
+    store = FakeSecretStore({SECRET_REF.ref: secret})
     credentials = ClientCredentials(
         ClientCredentials.token_url_of(issuer.issuer), client, SECRET_REF
     )
-    return ServiceTokens(credentials, store, clock=clock or Clock()), store
+    return ServiceTokenProvider(credentials, store, clock=clock or Clock()), store
 
 
 def test_the_token_is_the_service_accounts_and_is_reused_until_near_its_expiry(

@@ -23,23 +23,26 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from obp_workflow.adapters.fake.cluster import FakeCluster
-from obp_workflow.adapters.fake.knowledge_graph import InMemoryKnowledgeGraph
-from obp_workflow.adapters.fake.provisioner import FakeProvisioner
-from obp_workflow.adapters.fake.runs import InMemoryRunRepository
-from obp_workflow.adapters.fake.simple import InMemoryInstances, InMemorySecretStore
-from obp_workflow.adapters.fake.sync import FakeDataSynchronizer, InMemoryBucket
-from obp_workflow.adapters.fake.system import RecordingPublisher, SequentialIds
-from obp_workflow.adapters.local.system import SystemClock
+from obp_workflow.adapters.fake.cluster_gateway import FakeClusterGateway
+from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner
+from obp_workflow.adapters.fake.data_synchronizer import FakeDataSynchronizer
+from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher
+from obp_workflow.adapters.fake.id_generator import FakeIdGenerator
+from obp_workflow.adapters.fake.instance_orchestrator import FakeInstanceOrchestrator
+from obp_workflow.adapters.fake.knowledge_graph import FakeKnowledgeGraph
+from obp_workflow.adapters.fake.object_store import FakeObjectStore
+from obp_workflow.adapters.fake.run_repository import FakeRunRepository
+from obp_workflow.adapters.fake.secret_store import FakeSecretStore
 from obp_workflow.adapters.ssh.connection import PoolSettings, SshPool
-from obp_workflow.adapters.ssh.slurm import SlurmGateway
-from obp_workflow.application.service import WorkflowService
+from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway
+from obp_workflow.adapters.system.clock import SystemClock
 from obp_workflow.core.cluster import ClusterHandle
 from obp_workflow.core.errors import ClusterAccessDenied, HostKeyRejected
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.jobspec import build_job_spec
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import Requester, RunHeader, RunState, SimulationRun
+from tests.application import Application, application
 from tests.contract.harness_slurm import TEST_POOL, stack_cluster
 from tests.stack import held, in_controller, slurm, stack, tagged_ids, wait_until
 
@@ -56,8 +59,8 @@ PAST_THE_JOB = {RunState.SYNCING, RunState.REGISTERING, RunState.DONE}
 
 @dataclass
 class World:
-    service: WorkflowService
-    repo: InMemoryRunRepository
+    service: Application
+    repo: FakeRunRepository
     pool: SshPool
     cluster: ClusterHandle
 
@@ -65,11 +68,11 @@ class World:
         request = SimulationRequest.parse(
             {"command": command, "resources": {"time_limit_minutes": 5}}
         )
-        return self.service.submit(USER, PROJECT, request)
+        return self.service.requests.submit(USER, PROJECT, request)
 
     def advance_all(self) -> None:
         for run in self.repo.list_active():
-            self.service.advance(run.project, run.run_id)
+            self.service.pipeline.advance(run.project, run.run_id)
 
     def run(self, run_id: str) -> SimulationRun:
         return self.repo.get(PROJECT, run_id)
@@ -78,24 +81,24 @@ class World:
 def make_world(
     settings: PoolSettings = TEST_POOL,
     cluster: ClusterHandle | None = None,
-    secrets: InMemorySecretStore | None = None,
+    secrets: FakeSecretStore | None = None,
 ) -> World:
     stack_handle, stack_secrets = stack_cluster()
     cluster = cluster or stack_handle
     pool = SshPool(secrets or stack_secrets, settings)
-    unused = FakeCluster()  # the synchronizer is not under test here
-    graph = InMemoryKnowledgeGraph()
+    unused = FakeClusterGateway()  # the synchronizer is not under test here
+    graph = FakeKnowledgeGraph()
     clock = SystemClock()
-    service = WorkflowService(
-        runs=(repo := InMemoryRunRepository()),
-        provisioner=FakeProvisioner(ready_after=0, cluster_for=lambda _p: cluster),
-        gateway=SlurmGateway(pool),
-        synchronizer=FakeDataSynchronizer(unused, InMemoryBucket(), graph),
+    service = application(
+        run_repository=(repo := FakeRunRepository()),
+        cluster_provisioner=FakeClusterProvisioner(ready_after=0, cluster_for=lambda _p: cluster),
+        cluster_gateway=SlurmClusterGateway(pool),
+        data_synchronizer=FakeDataSynchronizer(unused, FakeObjectStore(), graph),
         knowledge_graph=graph,
-        instances=InMemoryInstances(clock),
+        instance_orchestrator=FakeInstanceOrchestrator(clock),
         clock=clock,
-        ids=SequentialIds(prefix=f"flt{int(time.time() * 1000) % 10**9:09d}"),
-        events=RecordingPublisher(),
+        id_generator=FakeIdGenerator(prefix=f"flt{int(time.time() * 1000) % 10**9:09d}"),
+        event_publisher=FakeEventPublisher(),
     )
     return World(service, repo, pool, cluster)
 
@@ -114,7 +117,7 @@ def world() -> Iterator[World]:
 
 def until_state(w: World, run_id: str, states: set[RunState], timeout: float = 60) -> None:
     def reached() -> bool:
-        w.service.monitor_cycle()
+        w.service.pipeline.monitor_cycle()
         w.advance_all()
         return w.run(run_id).state in states
 
@@ -139,7 +142,7 @@ def test_sshd_stopped_during_monitoring_makes_runs_stale_then_they_recover(world
 
     stack().sshd("stop")
     for _ in range(5):
-        report = w.service.monitor_cycle()
+        report = w.service.pipeline.monitor_cycle()
         assert report.unreachable == (str(PROJECT),)
     for run in runs:
         current = w.run(run.run_id)
@@ -173,7 +176,7 @@ def test_reconnects_during_an_outage_respect_the_connection_budget() -> None:
         opened = w.pool.connects
         stack().sshd("stop")
         for _ in range(30):
-            w.service.monitor_cycle()
+            w.service.pipeline.monitor_cycle()
         stack().sshd("start")
         # One budget token was left after the first connection; no cycle could take more.
         assert w.pool.connect_attempts - opened <= 2
@@ -193,7 +196,7 @@ def test_a_connection_cut_right_after_sbatch_leaves_one_job_that_is_adopted(worl
     flag = Path(stack().home("sim")) / ".obp-test-cut-after-sbatch"
     flag.touch()
     shutil.chown(flag, stack().user("sim"))
-    w.service.advance(PROJECT, run.run_id)
+    w.service.pipeline.advance(PROJECT, run.run_id)
     after = w.run(run.run_id)
     assert not flag.exists(), "the fixture did not run: the fault was not injected"
     assert after.state is RunState.QUEUED
@@ -208,7 +211,7 @@ def test_a_job_purged_from_the_controller_still_resolves_through_sacct(world: Wo
     job_id = w.run(run.run_id).job_id
     assert job_id is not None
     wait_until(lambda: not in_controller(job_id), 60, "MinJobAge purge", interval=1.0)
-    w.service.monitor_cycle()
+    w.service.pipeline.monitor_cycle()
     final = w.run(run.run_id)
     assert final.state is RunState.FAILED
     assert final.exit_code == 7
@@ -228,7 +231,7 @@ def test_a_changed_host_key_is_refused_and_the_run_goes_stale_not_failed() -> No
     w = make_world(cluster=changed, secrets=secrets)
     try:
         with pytest.raises(HostKeyRejected, match=r"not the pinned one|unknown host key"):
-            w.service.gateway.poll(changed, ["1"])
+            w.service.pipeline.cluster_gateway.poll(changed, ["1"])
         run = w.submit(["true"])
         for _ in range(3):
             w.advance_all()
@@ -250,7 +253,7 @@ def test_a_wrong_user_key_is_refused_with_a_clear_error_that_reveals_no_key() ->
     w = make_world(cluster=handle, secrets=secrets)
     try:
         with pytest.raises(ClusterAccessDenied) as refused:
-            w.service.gateway.poll(handle, ["1"])
+            w.service.pipeline.cluster_gateway.poll(handle, ["1"])
         message = refused.value.message
         assert "stack/user-key" in message
         assert stack().user("sim") in message
@@ -263,7 +266,7 @@ def test_a_wrong_user_key_is_refused_with_a_clear_error_that_reveals_no_key() ->
 def test_a_burst_of_200_submissions_opens_one_connection() -> None:
     handle, secrets = stack_cluster()
     pool = SshPool(secrets, TEST_POOL)
-    gateway = SlurmGateway(pool)
+    gateway = SlurmClusterGateway(pool)
     stamp = time.time_ns() % 10**9
     request = SimulationRequest.parse({"command": ["true"]})
     headers = [

@@ -23,23 +23,24 @@ from typing import Any
 
 import pytest
 
-from obp_workflow.adapters.fake.provisioner import FakeProvisioner
-from obp_workflow.adapters.fake.runs import InMemoryRunRepository
-from obp_workflow.adapters.fake.simple import InMemoryInstances
-from obp_workflow.adapters.fake.system import RecordingPublisher, SequentialIds
-from obp_workflow.adapters.local.sync_router import SyncRouter
-from obp_workflow.adapters.local.system import SystemClock
+from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner
+from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher
+from obp_workflow.adapters.fake.id_generator import FakeIdGenerator
+from obp_workflow.adapters.fake.instance_orchestrator import FakeInstanceOrchestrator
+from obp_workflow.adapters.fake.run_repository import FakeRunRepository
 from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
 from obp_workflow.adapters.nexus.upload import NexusUploadSynchronizer
-from obp_workflow.application.service import WorkflowService
+from obp_workflow.adapters.sync.router import SyncRouter
+from obp_workflow.adapters.system.clock import SystemClock
 from obp_workflow.core.cluster import LustreStorage
 from obp_workflow.core.identity import Principal, parse_groups
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState, SimulationRun
+from tests.application import Application, application
 from tests.contract.harness import ENDING_COMMANDS, PROJECT_A, PROJECT_B, Ending
 from tests.contract.harness_nexus import PUBLIC_BASE, nexus_settings
 from tests.contract.harness_slurm import stack_cluster
-from tests.contract.harness_sync import BUCKET, LustreHsmSyncHarness
+from tests.contract.harness_sync import BUCKET, LustreHsmSynchronizerHarness
 from tests.nexus_server import TOKEN, NexusServer
 from tests.stack import slurm, stack, wait_until
 
@@ -62,9 +63,9 @@ S3_STORAGE = "nexus-data"
 
 @dataclass
 class Chain:
-    service: WorkflowService
-    repo: InMemoryRunRepository
-    hsm: LustreHsmSyncHarness
+    service: Application
+    repo: FakeRunRepository
+    hsm: LustreHsmSynchronizerHarness
     nexus: NexusKnowledgeGraph
     server: NexusServer
 
@@ -77,17 +78,17 @@ class Chain:
                 "resources": {"time_limit_minutes": 5},
             }
         )
-        return self.service.submit(USER, project, request)
+        return self.service.requests.submit(USER, project, request)
 
     def drive(self, run: SimulationRun, *, before_registering: Any = None) -> SimulationRun:
         """Monitor and advance until the run ends (as the workflow container's loop does)."""
 
         def ended() -> bool:
-            self.service.monitor_cycle()
+            self.service.pipeline.monitor_cycle()
             current = self.repo.get(run.project, run.run_id)
             if current.state is RunState.REGISTERING and before_registering is not None:
                 before_registering(current)
-            self.service.advance(run.project, run.run_id)
+            self.service.pipeline.advance(run.project, run.run_id)
             return self.repo.get(run.project, run.run_id).terminal
 
         try:
@@ -108,7 +109,7 @@ class Chain:
 
 @pytest.fixture
 def chain() -> Iterator[Chain]:
-    hsm = LustreHsmSyncHarness()
+    hsm = LustreHsmSynchronizerHarness()
     server = NexusServer(base_uri=PUBLIC_BASE, s3=hsm.s3, s3_storages={S3_STORAGE: BUCKET})
     server.start()
     settings = nexus_settings(server, s3_storage=S3_STORAGE, s3_storage_bucket=BUCKET)
@@ -118,19 +119,19 @@ def chain() -> Iterator[Chain]:
     shared, _ = stack_cluster()  # the same stack, seen as a cluster without Lustre
     clusters = {LUSTRE_PROJECT: hsm.cluster, SHARED_PROJECT: shared}
     clock = SystemClock()
-    repo = InMemoryRunRepository()
-    service = WorkflowService(
-        runs=repo,
-        provisioner=FakeProvisioner(ready_after=0, cluster_for=clusters.__getitem__),
-        gateway=hsm.gateway,
-        synchronizer=SyncRouter(
+    repo = FakeRunRepository()
+    service = application(
+        run_repository=repo,
+        cluster_provisioner=FakeClusterProvisioner(ready_after=0, cluster_for=clusters.__getitem__),
+        cluster_gateway=hsm.gateway,
+        data_synchronizer=SyncRouter(
             lustre=hsm.sync, upload=NexusUploadSynchronizer(hsm.gateway, nexus)
         ),
         knowledge_graph=nexus,
-        instances=InMemoryInstances(clock),
+        instance_orchestrator=FakeInstanceOrchestrator(clock),
         clock=clock,
-        ids=SequentialIds(prefix=f"chain{secrets.token_hex(4)}"),
-        events=RecordingPublisher(),
+        id_generator=FakeIdGenerator(prefix=f"chain{secrets.token_hex(4)}"),
+        event_publisher=FakeEventPublisher(),
     )
     c = Chain(service, repo, hsm, nexus, server)
     try:

@@ -6,7 +6,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from obp_workflow.adapters.fake.provisioner import example_cluster
+from obp_workflow.adapters.fake.cluster_provisioner import example_cluster
 from obp_workflow.core.cluster import ClusterHandle
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.request import SimulationRequest

@@ -7,18 +7,25 @@ from dataclasses import dataclass
 
 import pytest
 
-from obp_workflow.adapters.fake.cluster import FakeCluster
-from obp_workflow.adapters.fake.knowledge_graph import InMemoryKnowledgeGraph
-from obp_workflow.adapters.fake.provisioner import EXAMPLE_BUCKET, FakeProvisioner, example_cluster
-from obp_workflow.adapters.fake.runs import InMemoryRunRepository
-from obp_workflow.adapters.fake.simple import InMemoryInstances
-from obp_workflow.adapters.fake.sync import FakeDataSynchronizer, InMemoryBucket
-from obp_workflow.adapters.fake.system import ManualClock, RecordingPublisher, SequentialIds
-from obp_workflow.application.service import WorkflowService
+from obp_workflow.adapters.fake.clock import FakeClock
+from obp_workflow.adapters.fake.cluster_gateway import FakeClusterGateway
+from obp_workflow.adapters.fake.cluster_provisioner import (
+    EXAMPLE_BUCKET,
+    FakeClusterProvisioner,
+    example_cluster,
+)
+from obp_workflow.adapters.fake.data_synchronizer import FakeDataSynchronizer
+from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher
+from obp_workflow.adapters.fake.id_generator import FakeIdGenerator
+from obp_workflow.adapters.fake.instance_orchestrator import FakeInstanceOrchestrator
+from obp_workflow.adapters.fake.knowledge_graph import FakeKnowledgeGraph
+from obp_workflow.adapters.fake.object_store import FakeObjectStore
+from obp_workflow.adapters.fake.run_repository import FakeRunRepository
 from obp_workflow.core.errors import ServiceUnavailable
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState, SimulationRun
+from tests.application import Application, application
 
 VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
 PROJECT = ProjectRef.parse(VLAB, "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20")
@@ -30,17 +37,18 @@ REQUEST = SimulationRequest.parse(
 
 @dataclass
 class World:
-    service: WorkflowService
-    cluster: FakeCluster
-    graph: InMemoryKnowledgeGraph
+    service: Application
+    cluster: FakeClusterGateway
+    graph: FakeKnowledgeGraph
+    bucket: FakeObjectStore
 
     def until(self, run: SimulationRun, state: RunState) -> SimulationRun:
         for _ in range(30):
-            current = self.service.runs.get(run.project, run.run_id)
+            current = self.service.run_repository.get(run.project, run.run_id)
             if current.state is state:
                 return current
             self.cluster.step()
-            self.service.sweep()
+            self.service.pipeline.sweep()
         raise AssertionError(f"run {run.run_id} never reached {state.value}")
 
     def activity(self, run: SimulationRun) -> dict[str, object]:
@@ -50,45 +58,67 @@ class World:
 
 @pytest.fixture
 def world() -> World:
-    clock = ManualClock()
-    cluster = FakeCluster()
-    bucket = InMemoryBucket()
-    graph = InMemoryKnowledgeGraph(bucket, EXAMPLE_BUCKET)
-    service = WorkflowService(
-        runs=InMemoryRunRepository(),
-        provisioner=FakeProvisioner(ready_after=0, cluster_for=example_cluster),
-        gateway=cluster,
-        synchronizer=FakeDataSynchronizer(cluster, bucket, graph),
+    clock = FakeClock()
+    cluster = FakeClusterGateway()
+    bucket = FakeObjectStore()
+    graph = FakeKnowledgeGraph(bucket, EXAMPLE_BUCKET)
+    service = application(
+        run_repository=FakeRunRepository(),
+        cluster_provisioner=FakeClusterProvisioner(ready_after=0, cluster_for=example_cluster),
+        cluster_gateway=cluster,
+        data_synchronizer=FakeDataSynchronizer(cluster, bucket, graph),
         knowledge_graph=graph,
-        instances=InMemoryInstances(clock),
+        instance_orchestrator=FakeInstanceOrchestrator(clock),
         clock=clock,
-        ids=SequentialIds(),
-        events=RecordingPublisher(),
+        id_generator=FakeIdGenerator(),
+        event_publisher=FakeEventPublisher(),
     )
-    return World(service, cluster, graph)
+    return World(service, cluster, graph, bucket)
 
 
 def test_the_provenance_carries_the_schedulers_accounting_record(world: World) -> None:
-    run = world.until(world.service.submit(USER, PROJECT, REQUEST), RunState.DONE)
+    run = world.until(world.service.requests.submit(USER, PROJECT, REQUEST), RunState.DONE)
     accounting = world.activity(run)["accounting"]
     assert accounting == {"nodes": 4, "elapsed": 1, "exitCode": 0}
 
 
 def test_a_cluster_gone_after_the_sync_does_not_hold_the_registration_back(world: World) -> None:
-    run = world.until(world.service.submit(USER, PROJECT, REQUEST), RunState.REGISTERING)
+    run = world.until(world.service.requests.submit(USER, PROJECT, REQUEST), RunState.REGISTERING)
     world.cluster.unreachable = True
-    world.service.advance(run.project, run.run_id)
-    done = world.service.runs.get(run.project, run.run_id)
+    world.service.pipeline.advance(run.project, run.run_id)
+    done = world.service.run_repository.get(run.project, run.run_id)
     assert done.state is RunState.DONE
     assert world.activity(done)["accounting"] is None
 
 
 def test_an_incomplete_accounting_record_is_waited_for(world: World) -> None:
-    run = world.until(world.service.submit(USER, PROJECT, REQUEST), RunState.REGISTERING)
+    run = world.until(world.service.requests.submit(USER, PROJECT, REQUEST), RunState.REGISTERING)
     world.cluster.faults.fail_next("accounting", ServiceUnavailable("not complete yet"))
-    world.service.advance(run.project, run.run_id)
-    assert world.service.runs.get(run.project, run.run_id).state is RunState.REGISTERING
-    world.service.advance(run.project, run.run_id)
-    done = world.service.runs.get(run.project, run.run_id)
+    world.service.pipeline.advance(run.project, run.run_id)
+    assert world.service.run_repository.get(run.project, run.run_id).state is RunState.REGISTERING
+    world.service.pipeline.advance(run.project, run.run_id)
+    done = world.service.run_repository.get(run.project, run.run_id)
     assert done.state is RunState.DONE
     assert world.activity(done)["accounting"] == {"nodes": 4, "elapsed": 1, "exitCode": 0}
+
+
+def test_a_registration_whose_reply_was_lost_is_withdrawn_when_the_run_then_fails(
+    world: World,
+) -> None:
+    run = world.until(world.service.requests.submit(USER, PROJECT, REQUEST), RunState.REGISTERING)
+    world.graph.faults.lose_reply_next("register", ServiceUnavailable("reply lost"))
+    world.service.pipeline.advance(run.project, run.run_id)  # registered; the reply is lost
+    assert world.service.run_repository.get(run.project, run.run_id).state is RunState.REGISTERING
+    assert live_resources(world.graph)  # the activity and its entity are in the graph
+    world.bucket.objects.clear()  # then the exported outputs are deleted from the bucket
+
+    world.service.pipeline.advance(run.project, run.run_id)
+
+    failed = world.service.run_repository.get(run.project, run.run_id)
+    assert failed.state is RunState.FAILED
+    assert (failed.failure_reason or "").startswith("outputs could not be registered")
+    assert live_resources(world.graph) == []  # nothing of a failed run stays live
+
+
+def live_resources(graph: FakeKnowledgeGraph) -> list[str]:
+    return [i for i, (_, body) in graph.resources.items() if not body.get("_deprecated")]

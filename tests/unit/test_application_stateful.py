@@ -14,14 +14,17 @@ from hypothesis import event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from obp_workflow.adapters.fake.cluster import FakeCluster
-from obp_workflow.adapters.fake.knowledge_graph import InMemoryKnowledgeGraph, entity_id
-from obp_workflow.adapters.fake.provisioner import FakeProvisioner, example_cluster
-from obp_workflow.adapters.fake.runs import InMemoryRunRepository
-from obp_workflow.adapters.fake.simple import InMemoryInstances
-from obp_workflow.adapters.fake.sync import FakeDataSynchronizer, InMemoryBucket
-from obp_workflow.adapters.fake.system import ManualClock, RecordingPublisher, SequentialIds
-from obp_workflow.application.service import ServicePolicy, WorkflowService
+from obp_workflow.adapters.fake.clock import FakeClock
+from obp_workflow.adapters.fake.cluster_gateway import FakeClusterGateway
+from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner, example_cluster
+from obp_workflow.adapters.fake.data_synchronizer import FakeDataSynchronizer
+from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher
+from obp_workflow.adapters.fake.id_generator import FakeIdGenerator
+from obp_workflow.adapters.fake.instance_orchestrator import FakeInstanceOrchestrator
+from obp_workflow.adapters.fake.knowledge_graph import FakeKnowledgeGraph, entity_id
+from obp_workflow.adapters.fake.object_store import FakeObjectStore
+from obp_workflow.adapters.fake.run_repository import FakeRunRepository
+from obp_workflow.application.policy import ServicePolicy
 from obp_workflow.core.cluster import LustreStorage
 from obp_workflow.core.errors import (
     ClusterUnreachable,
@@ -34,6 +37,7 @@ from obp_workflow.core.jobs import PHASE_OF, JobPhase, JobState
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState
 from obp_workflow.core.sync import SyncLimits
+from tests.application import application
 
 VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
 LUSTRE = ProjectRef.parse(VLAB, "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20")
@@ -71,25 +75,25 @@ class ApplicationWithFaults(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.clock = ManualClock()
-        self.repo = InMemoryRunRepository()
-        self.cluster = FakeCluster(auto_progress=False)
-        self.provisioner = FakeProvisioner(
+        self.clock = FakeClock()
+        self.repo = FakeRunRepository()
+        self.cluster = FakeClusterGateway(auto_progress=False)
+        self.provisioner = FakeClusterProvisioner(
             ready_after=1,
             cluster_for=lambda p: example_cluster(p, lustre=p == LUSTRE),
         )
-        self.bucket = InMemoryBucket()
-        self.graph = InMemoryKnowledgeGraph(self.bucket, example_cluster(LUSTRE).storage.bucket)
-        self.service = WorkflowService(
-            runs=self.repo,
-            provisioner=self.provisioner,
-            gateway=self.cluster,
-            synchronizer=FakeDataSynchronizer(self.cluster, self.bucket, self.graph),
+        self.bucket = FakeObjectStore()
+        self.graph = FakeKnowledgeGraph(self.bucket, example_cluster(LUSTRE).storage.bucket)
+        self.service = application(
+            run_repository=self.repo,
+            cluster_provisioner=self.provisioner,
+            cluster_gateway=self.cluster,
+            data_synchronizer=FakeDataSynchronizer(self.cluster, self.bucket, self.graph),
             knowledge_graph=self.graph,
-            instances=InMemoryInstances(self.clock),
+            instance_orchestrator=FakeInstanceOrchestrator(self.clock),
             clock=self.clock,
-            ids=SequentialIds(),
-            events=RecordingPublisher(),
+            id_generator=FakeIdGenerator(),
+            event_publisher=FakeEventPublisher(),
             policy=ServicePolicy(sync_limits=SyncLimits(max_attempts=3)),
         )
         self.submitted: dict[str, ProjectRef] = {}
@@ -102,7 +106,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
     @rule(target=runs, lustre=st.booleans(), key=st.sampled_from([None, "k1", "k2"]))
     def submit(self, lustre: bool, key: str | None) -> str:
         project = LUSTRE if lustre else SHARED
-        run = self.service.submit(USER, project, REQUEST, idempotency_key=key)
+        run = self.service.requests.submit(USER, project, REQUEST, idempotency_key=key)
         if key is not None and run.run_id in self.submitted:
             event("idempotent replay")
         self.submitted[run.run_id] = project
@@ -118,7 +122,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
     @rule(run_id=runs)
     def cancel(self, run_id: str) -> None:
         try:
-            run = self.service.cancel(USER, self.submitted[run_id], run_id)
+            run = self.service.requests.cancel(USER, self.submitted[run_id], run_id)
         except Conflict:
             event("cancel refused: run already finished")
             return
@@ -133,14 +137,14 @@ class ApplicationWithFaults(RuleBasedStateMachine):
     @rule(run_id=runs)
     def advance(self, run_id: str) -> None:
         try:
-            self.service.advance(self.submitted[run_id], run_id)
+            self.service.pipeline.advance(self.submitted[run_id], run_id)
         except Crash:
             event("crash during a step")
 
     @rule()
     def monitor(self) -> None:
         try:
-            report = self.service.monitor_cycle()
+            report = self.service.pipeline.monitor_cycle()
         except Crash:
             event("crash during a monitor cycle")
             return
@@ -150,7 +154,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
     def sweep(self) -> None:
         """The worker's round: one monitor cycle, then one step of every active run."""
         try:
-            self.service.sweep()
+            self.service.pipeline.sweep()
         except Crash:
             event("crash during a sweep")
 
@@ -161,7 +165,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
             self.cluster.step()
             self.clock.advance(20)
             try:
-                self.service.sweep()
+                self.service.pipeline.sweep()
             except Crash:
                 event("crash during a sweep")
 
@@ -315,7 +319,7 @@ class ApplicationWithFaults(RuleBasedStateMachine):
                 break
             self.cluster.step()
             self.clock.advance(30)
-            self.service.sweep()
+            self.service.pipeline.sweep()
         for run_id, project in self.submitted.items():
             run = self.repo.get(project, run_id)
             note(f"{run_id}: {' -> '.join(s.value for s in run.states())}")

@@ -1,9 +1,9 @@
 """The Lambda authorizer's cold path: what a fresh interpreter imports for one invocation.
 
 A structural check (which packages are loaded), not a timing: the authorizer builds only its
-token verifier (``entrypoints.tokens``), never the composition root; with the Keycloak verifier,
-a valid token (discovery, JWKS and the signature included) needs neither an HTTP client library
-nor PyJWT, nor cryptography's X.509 and serialisation modules.
+token verifier (``entrypoints/composition/token_verifier.py``), never the composition root;
+with the Keycloak verifier, a valid token (discovery, JWKS and the signature included) needs no
+HTTP client library. The API's cold path on the aws family: ``test_aws_wiring.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from obp_workflow.adapters.fake.simple import StaticTokenVerifier
-from obp_workflow.entrypoints.tokens import (
+from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier
+from obp_workflow.entrypoints.composition.token_verifier import (
     TokenSettings,
     TokenSettingsError,
     build_token_verifier,
@@ -41,7 +41,7 @@ KEYCLOAK_HEAVY = ("httpx", "requests")
 
 COLD_CALL = """
 import json, sys
-from obp_workflow.entrypoints import lambda_authorizer
+from obp_workflow.entrypoints.aws_lambda import authorizer as lambda_authorizer
 event = {
     "type": "REQUEST",
     "methodArn": "arn:aws:execute-api:eu-north-1:123456789012:abc123/prod/GET/v1/x",
@@ -101,9 +101,14 @@ def test_the_authorizers_first_call_imports_no_heavy_package(
         modules = cold_modules({}, "cold", "refused")  # the fake family knows no token
 
     assert loaded(modules, *HEAVY) == set()
-    composition_root = ("obp_workflow.entrypoints.bootstrap", "obp_workflow.entrypoints.settings")
+    composition_root = (
+        "obp_workflow.entrypoints.composition.root",
+        "obp_workflow.entrypoints.composition.settings",
+    )
     assert loaded(modules, *composition_root) == set()
-    assert "obp_workflow.entrypoints.tokens" in modules  # the path under test was taken
+    assert (
+        "obp_workflow.entrypoints.composition.token_verifier" in modules
+    )  # the path under test was taken
     keycloak = loaded(modules, "obp_workflow.adapters.keycloak")
     assert bool(keycloak) == (family == "aws")
     assert loaded(modules, *KEYCLOAK_HEAVY) == set()
@@ -111,7 +116,7 @@ def test_the_authorizers_first_call_imports_no_heavy_package(
 
 def test_the_fake_family_builds_a_verifier_that_knows_no_token() -> None:
     assert load_token_settings({}) == TokenSettings()
-    assert isinstance(build_token_verifier(TokenSettings()), StaticTokenVerifier)
+    assert isinstance(build_token_verifier(TokenSettings()), FakeTokenVerifier)
 
 
 def test_the_aws_family_reads_the_keycloak_settings_as_settings_does() -> None:
@@ -164,7 +169,7 @@ def test_every_wrong_token_setting_is_named(
 
 API_COLD_CALL = """
 import json, sys
-from obp_workflow.entrypoints import lambda_api
+from obp_workflow.entrypoints.aws_lambda import api as lambda_api
 headers = {"Content-Type": "application/json"}
 vlab, project = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10", "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
 path = f"/v1/virtual-labs/{vlab}/projects/{project}/runs"
@@ -203,5 +208,5 @@ def test_the_apis_first_call_with_fake_adapters_imports_no_production_adapter() 
     assert loaded(modules, *API_HEAVY) == set()
     adapters = loaded(modules, "obp_workflow.adapters")
     families = {m.split(".")[2] for m in adapters if m.count(".") > 1}
-    assert families <= {"fake", "local"}
-    assert "obp_workflow.entrypoints.bootstrap" in modules  # the composition root was built
+    assert families <= {"fake", "system"}
+    assert "obp_workflow.entrypoints.composition.root" in modules  # the composition root was built

@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from obp_workflow.application.service import WorkflowService
-from obp_workflow.entrypoints.bootstrap import build
-from obp_workflow.entrypoints.cli import main
-from obp_workflow.entrypoints.settings import SettingsError, load_settings
+from obp_workflow.adapters.fake.clock import FakeClock
+from obp_workflow.application.pipeline import Pipeline
+from obp_workflow.application.requests import Requests
+from obp_workflow.entrypoints.cli.main import main
+from obp_workflow.entrypoints.composition.root import build
+from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
+from obp_workflow.entrypoints.composition.token_verifier import build_token_verifier
 
 
 def test_the_fake_service_is_built_whole_from_default_settings() -> None:
     container = build(load_settings())
-    service = container.workflow()
-    assert isinstance(service, WorkflowService)
-    assert container.workflow() is service  # one service per container
-    assert service.policy.max_submit_attempts == 5
+    requests, pipeline = container.requests(), container.pipeline()
+    assert isinstance(requests, Requests)
+    assert isinstance(pipeline, Pipeline)
+    assert container.pipeline() is pipeline  # one of each per container
+    assert container.requests() is requests
+    # The two sides share the repository, the clock and the recorder of changes.
+    assert requests.run_repository is pipeline.run_repository
+    assert requests.clock is pipeline.clock
+    assert requests.recorder is pipeline.recorder
+    assert pipeline.policy.max_submit_attempts == 5
+
+
+def test_a_slot_is_overridden_by_its_ports_name_and_an_unknown_name_is_refused() -> None:
+    clock = FakeClock()
+    container = build(load_settings(), clock=clock)
+    assert container.pipeline().clock is clock
+    with pytest.raises(TypeError, match="no such slot: gateway"):
+        build(load_settings(), gateway=object())
 
 
 def test_settings_come_from_obp_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OBP_PROVISIONING_TIMEOUT_MINUTES", "90")
     monkeypatch.setenv("OBP_SYNC_MAX_ATTEMPTS", "4")
-    service = build(load_settings()).workflow()
+    service = build(load_settings()).pipeline()
     assert service.policy.provisioning_timeout.total_seconds() == 90 * 60
     assert service.policy.sync_limits.max_attempts == 4
 
@@ -66,3 +85,17 @@ def test_the_aws_adapters_need_their_settings_each_named(monkeypatch: pytest.Mon
     ):
         assert name in text
     assert "OBP_RUNS_TABLE" not in text
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "WARNING"])
+def test_the_log_level_setting_is_applied_by_every_way_in(
+    level: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service_logger = logging.getLogger("obp_workflow")
+    monkeypatch.setattr(service_logger, "level", logging.NOTSET)
+    monkeypatch.setenv("OBP_LOG_LEVEL", level)
+    build(load_settings())  # the API, the worker and the command line
+    assert service_logger.level == logging.getLevelName(level)
+    service_logger.setLevel(logging.NOTSET)
+    build_token_verifier()  # the authorizer, which builds its verifier alone
+    assert service_logger.level == logging.getLevelName(level)

@@ -6,10 +6,10 @@ import difflib
 import json
 from pathlib import Path
 
-from obp_workflow.entrypoints.lambda_api import openapi_json
+from obp_workflow.entrypoints.http.openapi import openapi_json
 
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
-REGENERATE = "python -m obp_workflow.entrypoints.lambda_api --openapi > docs/openapi.json"
+REGENERATE = ".venv/bin/obp-workflow openapi > docs/openapi.json"
 
 
 def test_the_committed_openapi_document_is_the_one_the_code_serves() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from obp_workflow.entrypoints.settings import Settings
+from obp_workflow.entrypoints.composition.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -134,7 +134,7 @@ class EcsTaskConfig:
         object.__setattr__(self, "cost_tags", MappingProxyType(dict(self.cost_tags)))
 
 
-class EcsInstances(InstanceOrchestrator):
+class EcsInstanceOrchestrator(InstanceOrchestrator):
     def __init__(
         self,
         client: ECSClient,

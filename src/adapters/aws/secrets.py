@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class SecretsManagerStore(SecretStore):
+class SecretsManagerSecretStore(SecretStore):
     def __init__(
         self,
         client: SecretsManagerClient,
@@ -46,7 +46,7 @@ class SecretsManagerStore(SecretStore):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"SecretsManagerStore(ttl_seconds={self._ttl}, cached={len(self._cache)})"
+        return f"SecretsManagerSecretStore(ttl_seconds={self._ttl}, cached={len(self._cache)})"
 
     def get(self, ref: SecretRef) -> Secret:
         now = self._clock()

@@ -43,7 +43,7 @@ class LinkedFile:
     withdrawn: bool = False
 
 
-class InMemoryKnowledgeGraph(KnowledgeGraph):
+class FakeKnowledgeGraph(KnowledgeGraph):
     """Resources by id with revisions, uploaded files, and files linked to the objects of
     ``storage_bucket`` in ``objects`` (both None: nothing is linked)."""
 

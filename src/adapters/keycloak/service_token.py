@@ -1,7 +1,7 @@
 """The service's own access token, from Keycloak's client-credentials grant.
 
 Nexus is called with the service's identity, never with a caller's token (a caller's token
-expires during a long run, and the graph would record the wrong agent). ``ServiceTokens`` is
+expires during a long run, and the graph would record the wrong agent). ``ServiceTokenProvider`` is
 the ``token_provider`` the Nexus adapter calls before each request:
 
 - it asks the realm's token endpoint (``{issuer}/protocol/openid-connect/token``, or the one
@@ -65,7 +65,7 @@ class ClientCredentials:
         return issuer.rstrip("/") + "/protocol/openid-connect/token"
 
 
-class ServiceTokens:
+class ServiceTokenProvider:
     """``Callable[[], str]``: the service account's current access token."""
 
     def __init__(

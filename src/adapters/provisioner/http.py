@@ -212,7 +212,7 @@ def phase_of(cluster_status: str) -> ProvisioningPhase:
     return ProvisioningPhase.IN_PROGRESS
 
 
-class HttpProvisioner(ClusterProvisioner):
+class HttpClusterProvisioner(ClusterProvisioner):
     def __init__(
         self,
         base_url: str,
@@ -258,7 +258,7 @@ class HttpProvisioner(ClusterProvisioner):
         host_key_for: Callable[[str], str],
         session: Session | None = None,
         region: str | None = None,
-    ) -> HttpProvisioner:
+    ) -> HttpClusterProvisioner:
         """Credentials (refreshed as they expire) and region from a botocore session."""
         session = session or Session()
         credentials = session.get_credentials()

@@ -87,7 +87,7 @@ def _job_id(job_id: str) -> str:
     return job_id
 
 
-class SlurmGateway(ClusterGateway):
+class SlurmClusterGateway(ClusterGateway):
     def __init__(self, pool: SshPool) -> None:
         self.pool = pool
 

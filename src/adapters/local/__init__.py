@@ -1,1 +1,0 @@
-"""Adapters for running on one machine: the system clock, random ids, log-based events."""

@@ -1,0 +1,1 @@
+"""Runs in SQLite: the run repository of one machine (a file, WAL, conditional saves)."""

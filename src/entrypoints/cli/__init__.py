@@ -1,0 +1,1 @@
+"""The command line (``obp-workflow``): ``main.py`` reads the arguments, one module a command."""

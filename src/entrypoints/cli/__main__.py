@@ -1,0 +1,3 @@
+from obp_workflow.entrypoints.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""API Gateway on one machine: the authorizer and the API behind a loopback HTTP server."""

@@ -1,0 +1,1 @@
+"""The workflow container: the process that drives a project's runs through the pipeline."""
