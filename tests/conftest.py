@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -49,3 +50,15 @@ def moto(moto_server: MotoServer) -> MotoServer:
     """The session's moto server, emptied before the test."""
     moto_server.reset()
     return moto_server
+
+
+@pytest.fixture(autouse=True)
+def _service_log_level_restored() -> Iterator[None]:
+    """Ways in run in-process by tests (the command line, the Lambdas) apply ``OBP_LOG_LEVEL``
+    to the service's logger: each test starts from the level the session had."""
+    logger = logging.getLogger("obp_workflow")
+    before = logger.level
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

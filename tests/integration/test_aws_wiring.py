@@ -236,7 +236,6 @@ def test_the_api_lambdas_first_post_and_get_on_aws_build_only_the_requests_side(
             "obp_workflow.adapters.sync",
             "obp_workflow.adapters.provisioner",
             "obp_workflow.adapters.keycloak",
-            "obp_workflow.application.pipeline",
         )
         == set()
     )

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 
 from obp_workflow.adapters.fake.clock import FakeClock
 from obp_workflow.application.pipeline import Pipeline
 from obp_workflow.application.requests import Requests
+from obp_workflow.entrypoints.aws_lambda import api as lambda_api
+from obp_workflow.entrypoints.aws_lambda import authorizer as lambda_authorizer
 from obp_workflow.entrypoints.cli.main import main
 from obp_workflow.entrypoints.composition.root import build
 from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
-from obp_workflow.entrypoints.composition.token_verifier import build_token_verifier
+
+ARN = "arn:aws:execute-api:eu-north-1:123456789012:abc123/prod/GET/v1/x"
 
 
 def test_the_fake_service_is_built_whole_from_default_settings() -> None:
@@ -87,15 +91,58 @@ def test_the_aws_adapters_need_their_settings_each_named(monkeypatch: pytest.Mon
     assert "OBP_RUNS_TABLE" not in text
 
 
+@pytest.fixture
+def service_logger() -> Iterator[logging.Logger]:
+    """The service's logger, its level restored after the test (with ``setLevel``, which also
+    clears the loggers' caches of what is enabled)."""
+    logger = logging.getLogger("obp_workflow")
+    before = logger.level
+    try:
+        yield logger
+    finally:
+        logger.setLevel(before)
+
+
 @pytest.mark.parametrize("level", ["DEBUG", "WARNING"])
-def test_the_log_level_setting_is_applied_by_every_way_in(
-    level: str, monkeypatch: pytest.MonkeyPatch
+def test_the_log_level_setting_is_applied_by_each_lambda(
+    level: str, monkeypatch: pytest.MonkeyPatch, service_logger: logging.Logger
 ) -> None:
-    service_logger = logging.getLogger("obp_workflow")
-    monkeypatch.setattr(service_logger, "level", logging.NOTSET)
-    monkeypatch.setenv("OBP_LOG_LEVEL", level)
-    build(load_settings())  # the API, the worker and the command line
-    assert service_logger.level == logging.getLevelName(level)
     service_logger.setLevel(logging.NOTSET)
-    build_token_verifier()  # the authorizer, which builds its verifier alone
-    assert service_logger.level == logging.getLevelName(level)
+    monkeypatch.setenv("OBP_LOG_LEVEL", level)
+    lambda_authorizer.use_container(None)
+    lambda_api.use_container(None)
+    try:
+        with pytest.raises(Exception, match="Unauthorized"):  # the fake family knows no token
+            lambda_authorizer.handler(
+                {"type": "TOKEN", "authorizationToken": "Bearer x", "methodArn": ARN}, None
+            )
+        assert service_logger.level == logging.getLevelName(level)
+
+        service_logger.setLevel(logging.NOTSET)
+        vlab, project = (
+            "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10",
+            "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20",
+        )
+        caller = {"subject": "s", "username": "u", "memberships": f"/proj/{vlab}/{project}/member"}
+        answer = lambda_api.handler(
+            {
+                "httpMethod": "GET",
+                "path": f"/v1/virtual-labs/{vlab}/projects/{project}/instance",
+                "requestContext": {"authorizer": caller},
+            },
+            None,
+        )
+        assert answer["statusCode"] == 200  # the container was built from the settings
+        assert service_logger.level == logging.getLevelName(level)
+    finally:
+        lambda_authorizer.use_container(None)
+        lambda_api.use_container(None)
+
+
+def test_building_a_container_leaves_the_log_level_alone(
+    monkeypatch: pytest.MonkeyPatch, service_logger: logging.Logger
+) -> None:
+    service_logger.setLevel(logging.DEBUG)
+    monkeypatch.setenv("OBP_LOG_LEVEL", "ERROR")
+    build(load_settings())
+    assert service_logger.level == logging.DEBUG

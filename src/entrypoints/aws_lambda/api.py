@@ -29,10 +29,13 @@ class _Environment:
     def requests(self) -> Requests:
         with self.lock:
             if self.container is None:
+                from obp_workflow.entrypoints.composition.logs import apply_log_level
                 from obp_workflow.entrypoints.composition.root import build
                 from obp_workflow.entrypoints.composition.settings import load_settings
 
-                self.container = build(load_settings())
+                settings = load_settings()
+                apply_log_level(settings.log_level)
+                self.container = build(settings)
             requests: Requests = self.container.requests()
             return requests
 

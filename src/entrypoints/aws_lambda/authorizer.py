@@ -34,11 +34,15 @@ class _Environment:
                 return token_verifier
             if self.token_verifier is None:
                 # Only the verifier, from its own settings: not the whole composition root.
+                from obp_workflow.entrypoints.composition.logs import apply_log_level
                 from obp_workflow.entrypoints.composition.token_verifier import (
                     build_token_verifier,
+                    load_token_settings,
                 )
 
-                self.token_verifier = build_token_verifier()
+                settings = load_token_settings()
+                apply_log_level(settings.log_level)
+                self.token_verifier = build_token_verifier(settings)
             return self.token_verifier
 
 

@@ -48,6 +48,7 @@ def demo(lustre: bool = True, max_rounds: int = 50) -> int:
         FakeClusterProvisioner,
         example_cluster,
     )
+    from obp_workflow.entrypoints.composition.logs import apply_log_level
     from obp_workflow.entrypoints.composition.root import build
     from obp_workflow.entrypoints.composition.settings import load_settings
     from obp_workflow.entrypoints.worker.driver import Driver
@@ -61,8 +62,10 @@ def demo(lustre: bool = True, max_rounds: int = 50) -> int:
     provisioner = FakeClusterProvisioner(
         ready_after=2, cluster_for=lambda p: example_cluster(p, lustre=lustre)
     )
+    settings = load_settings()
+    apply_log_level(settings.log_level)
     container = build(
-        load_settings(), event_publisher=PrintingPublisher(), cluster_provisioner=provisioner
+        settings, event_publisher=PrintingPublisher(), cluster_provisioner=provisioner
     )
     requests, pipeline = container.requests(), container.pipeline()
 

@@ -10,12 +10,14 @@ from obp_workflow.core.identity import Principal, parse_groups
 def serve(host: str, port: int, dev_token: str | None, dev_groups: str) -> int:
     """The API and its authorizer behind a local HTTP gateway, until interrupted."""
     from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier
+    from obp_workflow.entrypoints.composition.logs import apply_log_level
     from obp_workflow.entrypoints.composition.root import build
     from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
     from obp_workflow.entrypoints.local.gateway import serve as serve_forever
 
     try:
         settings = load_settings()
+        apply_log_level(settings.log_level)
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2

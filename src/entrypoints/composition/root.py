@@ -33,7 +33,6 @@ from obp_workflow.ports.secrets import SecretStore
 from obp_workflow.ports.sync import DataSynchronizer
 from obp_workflow.ports.system import Clock, EventPublisher, IdGenerator
 
-from .logs import apply_log_level
 from .settings import Settings
 
 #: The slots every family fills, by port.
@@ -130,7 +129,6 @@ def build(settings: Settings, **overrides: object) -> Service:
     unknown = sorted(set(overrides) - set(SLOTS))
     if unknown:
         raise TypeError(f"no such slot: {', '.join(unknown)} (slots: {', '.join(SLOTS)})")
-    apply_log_level(settings.log_level)
     family: Any = family_for(settings)
     for name, value in overrides.items():
         getattr(family, name).override(providers.Object(value))

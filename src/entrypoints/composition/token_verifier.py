@@ -23,8 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from .logs import apply_log_level
-
 if TYPE_CHECKING:
     from obp_workflow.ports.identity import TokenVerifier
 
@@ -95,7 +93,6 @@ def load_token_settings(environ: Mapping[str, str] | None = None) -> TokenSettin
 def build_token_verifier(settings: TokenSettings | None = None) -> TokenVerifier:
     """The TokenVerifier of ``settings.adapters`` (default: read from the environment)."""
     settings = load_token_settings() if settings is None else settings
-    apply_log_level(settings.log_level)
     if settings.adapters == "aws":
         from obp_workflow.adapters.keycloak.verifier import KeycloakSettings, KeycloakTokenVerifier
 
