@@ -1,7 +1,7 @@
 """A faithful stand-in for Blue Brain Nexus Delta v1, over real HTTP.
 
-One reusable server for this API (``external-contracts.md`` section 7, and the request and
-response bodies of ``/work/shared/reference/nexus-examples``, matched field by field): a stdlib
+One reusable server for this API (``docs/external-contracts.md`` section 7, and Delta's own
+response bodies in ``tests/data/nexus/``, matched field by field): a stdlib
 ``ThreadingHTTPServer`` on 127.0.0.1, port 0, in a thread, speaking HTTP/1.1 with keep-alive.
 
 Every request needs ``Authorization: Bearer <token>`` of a known token (``TOKEN`` by default),

@@ -1,6 +1,6 @@
 """A faithful stand-in for the ParallelCluster Provisioner behind API Gateway, over real HTTP.
 
-One reusable server for this API (``external-contracts.md`` section 1): a stdlib
+One reusable server for this API (``docs/external-contracts.md`` section 1): a stdlib
 ``ThreadingHTTPServer`` on 127.0.0.1, port 0, in a thread. Like API Gateway with IAM auth it
 VERIFIES each request's SigV4 ``Authorization`` header (recomputed with botocore from the request
 as received and the shared test credentials) and answers 403 ``{"message": ...}`` for a missing,

@@ -13,9 +13,11 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -782,17 +784,21 @@ def delta(server: NexusServer, method: str, path: str, **kwargs: Any) -> httpx.R
     return _HTTP.request(method, server.endpoint + path, headers=headers, **kwargs)
 
 
-#: Field sets of the bodies in nexus-examples (resources/created.json, updated.json,
-#: deprecated.json; files/created-put.json; resources/listed.json; errors/*.json).
-RESOURCE_METADATA = {
-    "@context", "@id", "@type", "_self", "_constrainedBy", "_project", "_rev", "_deprecated",
-    "_createdAt", "_createdBy", "_updatedAt", "_updatedBy",
-}  # fmt: skip
-FILE_METADATA = {
-    "@context", "@id", "@type", "_bytes", "_constrainedBy", "_createdAt", "_createdBy",
-    "_deprecated", "_digest", "_filename", "_location", "_mediaType", "_origin", "_project",
-    "_rev", "_self", "_storage", "_updatedAt", "_updatedBy", "_uuid",
-}  # fmt: skip
+#: Delta's own response bodies (``docs/external-contracts.md`` section 7): the
+#: server's answers must carry exactly their fields.
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "nexus"
+
+
+def example(name: str) -> Any:
+    """The body of ``tests/data/nexus/{name}``; a ``{{placeholder}}`` (a value Delta fills in)
+    reads as 0, so that a template such as ``errors/incorrect-rev.json`` parses."""
+    text = (EXAMPLES / name).read_text(encoding="utf-8")
+    return json.loads(re.sub(r"\{\{\w+\}\}", "0", text))
+
+
+def fields(name: str) -> set[str]:
+    """The top-level fields of an example body."""
+    return set(example(name))
 
 
 def test_the_server_answers_with_the_documented_bodies(nexus: NexusServer) -> None:
@@ -804,13 +810,14 @@ def test_the_server_answers_with_the_documented_bodies(nexus: NexusServer) -> No
 
     created = delta(nexus, "PUT", path, json=payload)
     assert created.status_code == 201
-    assert set(created.json()) == RESOURCE_METADATA
+    assert set(created.json()) == fields("resources/created.json")
     assert created.json()["@type"] == "https://example.org/Thing"
     again = delta(nexus, "PUT", path, json=payload)
     assert (again.status_code, again.json()["@type"]) == (409, "ResourceAlreadyExists")
-    assert set(again.json()) == {"@context", "@type", "reason"}
+    assert set(again.json()) == fields("errors/already-exists.json")
     stale = delta(nexus, "PUT", path, params={"rev": 5}, json={**payload, "n": 1})
     assert stale.status_code == 409
+    assert set(stale.json()) == fields("errors/incorrect-rev.json")
     assert {k: stale.json()[k] for k in ("@type", "provided", "expected")} == {
         "@type": "IncorrectRev",
         "provided": 5,
@@ -818,16 +825,19 @@ def test_the_server_answers_with_the_documented_bodies(nexus: NexusServer) -> No
     }
     updated = delta(nexus, "PUT", path, params={"rev": 1}, json={**payload, "n": 1})
     assert (updated.status_code, updated.json()["_rev"]) == (200, 2)
+    assert set(updated.json()) == fields("resources/updated.json")
     fetched = delta(nexus, "GET", path).json()
     assert fetched["n"] == 1
     assert fetched["@context"][0].endswith("/contexts/metadata.json")
     assert delta(nexus, "GET", path, params={"rev": 1}).json().get("n") is None
     gone = delta(nexus, "DELETE", path, params={"rev": 2})
     assert (gone.status_code, gone.json()["_deprecated"], gone.json()["_rev"]) == (200, True, 3)
+    assert set(gone.json()) == fields("resources/deprecated.json")
     twice = delta(nexus, "DELETE", path, params={"rev": 3})
     assert (twice.status_code, twice.json()["@type"]) == (400, "ResourceIsDeprecated")
     missing = delta(nexus, "GET", base + "nothing-here")
     assert (missing.status_code, missing.json()["@type"]) == (404, "ResourceNotFound")
+    assert set(missing.json()) == fields("errors/not-found.json")
     no_token = _HTTP.get(nexus.endpoint + path)
     assert (no_token.status_code, no_token.json()["@type"]) == (401, "AuthenticationFailed")
     reserved = delta(nexus, "PUT", base + "x", json={"_rev": 1})
@@ -840,9 +850,10 @@ def test_the_server_answers_with_the_documented_bodies(nexus: NexusServer) -> No
         "PUT",
         f"/files/{org}/{project}/myfile",
         files={"file": ("myfile.pdf", b"%PDF-1.4", "application/pdf")},
+        headers={"x-nxs-file-metadata": json.dumps({"name": "My File"})},
     )
     assert upload.status_code == 201
-    assert set(upload.json()) == FILE_METADATA
+    assert set(upload.json()) == fields("files/created-put.json")
     assert upload.json()["_digest"] == {
         "_algorithm": "SHA-256",
         "_value": hashlib.sha256(b"%PDF-1.4").hexdigest(),
@@ -864,7 +875,8 @@ def test_the_server_lists_by_type_with_pages(nexus: NexusServer) -> None:
     ).json()
     assert page["_total"] == 3
     assert len(page["_results"]) == 2
-    assert set(page["_results"][0]) == RESOURCE_METADATA - {"@context"}
+    assert set(page) == fields("resources/listed.json")
+    assert set(page["_results"][0]) == set(example("resources/listed.json")["_results"][0])
     rest = _HTTP.get(
         page["_next"].replace(PUBLIC_BASE, nexus.endpoint),
         headers={"Authorization": f"Bearer {TOKEN}"},
@@ -873,6 +885,25 @@ def test_the_server_lists_by_type_with_pages(nexus: NexusServer) -> None:
     assert "_next" not in rest
     everything = delta(nexus, "GET", f"/resources/{org}/{project}", params={"size": 50}).json()
     assert everything["_total"] == 6
+
+
+def test_the_server_links_an_s3_object_with_the_documented_body(
+    s3_nexus: tuple[NexusServer, Any],
+) -> None:
+    srv, s3 = s3_nexus
+    org, project = nexus_settings(srv).project_for(PROJECT_A)
+    key = "relative/path/to/myfile.png"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"\x89PNG")
+    linked = delta(
+        srv,
+        "PUT",
+        f"/link/files/{org}/{project}/myfile",
+        params={"storage": S3_STORAGE},
+        json={"path": key},
+    )
+    assert linked.status_code == 201
+    assert set(linked.json()) == fields("files/link-result.json")
+    assert (linked.json()["_origin"], linked.json()["_location"]) == ("Link", key)
 
 
 def test_the_contract_graph_is_a_knowledge_graph(nexus: NexusServer) -> None:

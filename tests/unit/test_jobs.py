@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from obp_workflow.core.jobs import PHASE_OF, JobObservation, JobPhase, JobState, parse_exit_code
 
-# The states of the contract (external-contracts.md §5), as sacct prints them.
+# The states of the contract (``docs/external-contracts.md`` section 5), as sacct prints them.
 SLURM_STATE_NAMES = [
     "PENDING",
     "CONFIGURING",

@@ -1,6 +1,6 @@
 """Blue Brain Nexus Delta v1 over HTTP: settings, retries, and the resource and file calls.
 
-``external-contracts.md`` section 7. What this module knows of Delta:
+``docs/external-contracts.md`` section 7. What this module knows of Delta:
 
 - Resources: ``PUT /v1/resources/{org}/{project}/_/{id}`` creates (201); with ``?rev=N`` it
   updates (200); ``GET`` fetches (payload + ``_rev``, ``_deprecated``...); ``DELETE ?rev=N``

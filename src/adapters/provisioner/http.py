@@ -1,6 +1,6 @@
 """The platform's ParallelCluster Provisioner over HTTPS (API Gateway, IAM SigV4).
 
-Endpoints (``external-contracts.md`` section 1), query parameters always in alphabetical order:
+Endpoints (``docs/external-contracts.md`` section 1), query parameters in alphabetical order:
 
 - ``POST /hpc-provisioner/pcluster?include_lustre=...&project_id=P[&tier=T]&vlab_id=V``:
   idempotent; answers ``{"cluster": {clusterName, clusterStatus: CREATE_REQUEST_RECEIVED,
