@@ -7,22 +7,26 @@ Memberships come from Keycloak group paths:
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from obp_workflow.core.errors import FieldError, Forbidden, InvalidRequest, NotFound
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+#: The one spelling of a Virtual Lab's or a project's id: lower-case hex digits, 8-4-4-4-12 (what
+#: ``str(uuid.UUID(...))`` writes). Anchored, for JSON Schema and pydantic as well as ``re``.
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+UUID_RULE = "must be a UUID in canonical form: lower-case, 8-4-4-4-12 hex digits"
+_UUID = re.compile(UUID_PATTERN)
 
 
 def _canonical_uuid(value: str, field_name: str) -> str:
-    """The canonical lower-case hyphenated form of a UUID, or InvalidRequest."""
-    # uuid.UUID accepts braces, urn:uuid:, missing hyphens and '_': accept only the canonical shape.
+    """``value`` when it is a UUID in its canonical form, or InvalidRequest."""
+    # uuid.UUID also reads upper case, braces, urn:uuid:, missing hyphens and '_': each would be
+    # another spelling of the same id. Only the canonical one is an id, wherever it comes from.
     if not isinstance(value, str) or not _UUID.fullmatch(value):
-        raise InvalidRequest([FieldError(field_name, "must be a UUID (8-4-4-4-12 hex digits)")])
-    return str(uuid.UUID(value))
+        raise InvalidRequest([FieldError(field_name, UUID_RULE)])
+    return value
 
 
 @dataclass(frozen=True, order=True)
@@ -63,7 +67,8 @@ class Membership:
 
 
 def parse_groups(groups: Iterable[object]) -> frozenset[Membership]:
-    """Memberships from Keycloak group paths; anything malformed is ignored, never fatal."""
+    """Memberships from Keycloak group paths; anything malformed (an id in another spelling than
+    the canonical one included) is ignored, never fatal."""
     found: set[Membership] = set()
     for group in groups:
         if not isinstance(group, str):

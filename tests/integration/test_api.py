@@ -383,18 +383,6 @@ def test_a_run_of_another_project_is_not_found(world: World) -> None:
     assert_problem(response, 404, "not-found")
 
 
-def test_a_project_is_found_by_any_spelling_of_its_ids(world: World) -> None:
-    project = new_project()
-    who = world.login(member(project))
-    run_id = submit(world, project, who)["run_id"]
-    upper = runs_url(ProjectRef(project.virtual_lab_id.upper(), project.project_id.upper()))
-
-    response = world.client.get(f"{upper}/{run_id}", headers=who)
-
-    assert response.status_code == 200
-    assert response.json()["project_id"] == project.project_id
-
-
 # ================================================================ idempotency
 
 

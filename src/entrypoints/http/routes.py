@@ -8,15 +8,14 @@ The caller (``app.context["principal"]``) and the requests side of the service
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated
-from uuid import UUID
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from pydantic import StringConstraints
 
 from obp_workflow.core.errors import Unauthenticated
-from obp_workflow.core.identity import Principal, ProjectRef
+from obp_workflow.core.identity import UUID_PATTERN, Principal, ProjectRef
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState
 
@@ -40,8 +39,10 @@ _STATES = "|".join(s.value for s in RunState)
 STATE_FILTER_PATTERN = rf"^({_STATES})(,({_STATES}))*$"
 
 RUNS = "/v1/virtual-labs/<vlab>/projects/<project>/runs"
-VlabId = Annotated[UUID, Path(description="The Virtual Lab's id.")]
-ProjectId = Annotated[UUID, Path(description="The project's id, in that Virtual Lab.")]
+#: Only the canonical spelling of an id (a `UUID` also reads upper case, braces, urn:uuid:...).
+_UUID: dict[str, Any] = {"pattern": UUID_PATTERN, "json_schema_extra": {"format": "uuid"}}
+VlabId = Annotated[str, Path(description="The Virtual Lab's id.", **_UUID)]
+ProjectId = Annotated[str, Path(description="The project's id, in that Virtual Lab.", **_UUID)]
 #: Any other string is a run that does not exist (404), like any unknown id.
 RunId = Annotated[str, Path(description="The run's id.", min_length=1, max_length=256)]
 StateFilter = Annotated[str, StringConstraints(pattern=STATE_FILTER_PATTERN)]
@@ -224,8 +225,8 @@ def _requests() -> Requests:
     return source()
 
 
-def _project(vlab: UUID, project: UUID) -> ProjectRef:
-    return ProjectRef.parse(str(vlab), str(project))
+def _project(vlab: str, project: str) -> ProjectRef:
+    return ProjectRef.parse(vlab, project)
 
 
 def _runs_path(ref: ProjectRef) -> str:

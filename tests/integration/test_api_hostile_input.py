@@ -1,0 +1,168 @@
+"""Hostile input through the local gateway: values the API once let through, now refused by name.
+
+Every request is real HTTP to the local gateway (authorizer, then API Lambda, in-memory adapters),
+with a token of a member of the project, so that a refusal can only come from the rule under
+test: without it the request would be answered 200 or 202.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier
+from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
+from obp_workflow.entrypoints.composition.root import build
+from obp_workflow.entrypoints.composition.settings import load_settings
+from obp_workflow.entrypoints.http.models import PROBLEM_JSON, PROBLEM_TYPE_BASE
+from obp_workflow.entrypoints.local.gateway import make_server
+
+REQUEST: dict[str, Any] = {"name": "hostile", "command": ["neurodamus", "--tstop", "10"]}
+
+
+@dataclass
+class Api:
+    client: httpx.Client
+    verifier: FakeTokenVerifier
+
+    def member_of(self, project: ProjectRef) -> dict[str, str]:
+        """The headers of a new member of ``project``."""
+        token = "t-" + uuid.uuid4().hex
+        group = f"/proj/{project.virtual_lab_id}/{project.project_id}/member"
+        self.verifier.issue(token, Principal("ada-" + token[-8:], "ada", parse_groups([group])))
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[Api]:
+    verifier = FakeTokenVerifier()
+    gateway = make_server("127.0.0.1", 0, build(load_settings(), token_verifier=verifier))
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            yield Api(client, verifier)
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+
+
+def new_project() -> ProjectRef:
+    return ProjectRef.parse(str(uuid.uuid4()), str(uuid.uuid4()))
+
+
+def project_url(vlab: str, project: str) -> str:
+    return f"/v1/virtual-labs/{vlab}/projects/{project}"
+
+
+def runs_url(project: ProjectRef) -> str:
+    return project_url(project.virtual_lab_id, project.project_id) + "/runs"
+
+
+def submit(api: Api, project: ProjectRef, who: dict[str, str]) -> str:
+    response = api.client.post(runs_url(project), json=REQUEST, headers=who)
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+def refused_fields(response: httpx.Response) -> list[str]:
+    """The fields a 422 invalid-request problem names."""
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body: dict[str, Any] = response.json()
+    assert body["type"] == PROBLEM_TYPE_BASE + "invalid-request"
+    assert body["status"] == 422
+    return [e["field"] for e in body["errors"]]
+
+
+# ================================================================ ids in the path: one spelling
+
+#: Spellings of a UUID that Python's ``uuid.UUID`` reads as the same id.
+OTHER_SPELLINGS: dict[str, Callable[[str], str]] = {
+    "upper-case": str.upper,
+    "braces": lambda u: "{" + u + "}",
+    "urn": lambda u: "urn:uuid:" + u,
+    "32-hex": lambda u: u.replace("-", ""),
+}
+
+#: Every operation with a Virtual Lab and a project in its path: (method, path after the
+#: project, body).
+OPERATIONS: dict[str, tuple[str, str, object]] = {
+    "submitRun": ("POST", "/runs", REQUEST),
+    "listRuns": ("GET", "/runs", None),
+    "getRun": ("GET", "/runs/{run}", None),
+    "cancelRun": ("POST", "/runs/{run}/cancel", {"reason": "hostile"}),
+    "getRunLog": ("GET", "/runs/{run}/log", None),
+    "getInstance": ("GET", "/instance", None),
+}
+
+
+@pytest.mark.parametrize("spelling", OTHER_SPELLINGS, ids=str)
+@pytest.mark.parametrize("param", ["vlab", "project"])
+@pytest.mark.parametrize("operation", OPERATIONS, ids=str)
+def test_an_id_in_the_path_in_another_spelling_is_refused_by_name(
+    api: Api, operation: str, param: str, spelling: str
+) -> None:
+    project = new_project()
+    who = api.member_of(project)
+    run_id = submit(api, project, who)
+    method, rest, body = OPERATIONS[operation]
+    ids = {"vlab": project.virtual_lab_id, "project": project.project_id}
+    ids[param] = OTHER_SPELLINGS[spelling](ids[param])
+    url = project_url(ids["vlab"], ids["project"]) + rest.format(run=run_id)
+
+    response = api.client.request(method, url, json=body, headers=who)
+
+    assert refused_fields(response) == [f"path.{param}"]
+    runs = api.client.get(runs_url(project), headers=who).json()["runs"]
+    assert [(r["run_id"], r["state"]) for r in runs] == [(run_id, "ACCEPTED")]  # nothing done
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=str)
+def test_the_canonical_spelling_reaches_the_project(api: Api, operation: str) -> None:
+    project = new_project()
+    who = api.member_of(project)
+    run_id = submit(api, project, who)
+    method, rest, body = OPERATIONS[operation]
+    url = runs_url(project).removesuffix("/runs") + rest.format(run=run_id)
+
+    response = api.client.request(method, url, json=body, headers=who)
+
+    assert response.status_code in (200, 202), response.text
+
+
+def test_both_ids_in_another_spelling_are_both_named(api: Api) -> None:
+    project = new_project()
+    who = api.member_of(project)
+
+    response = api.client.get(
+        project_url(project.virtual_lab_id.upper(), "{" + project.project_id + "}") + "/runs",
+        headers=who,
+    )
+
+    assert sorted(refused_fields(response)) == ["path.project", "path.vlab"]
+
+
+def test_the_document_gives_the_canonical_pattern_for_every_id_in_a_path(api: Api) -> None:
+    document = api.client.get("/v1/openapi.json").json()
+
+    schemas = [
+        parameter["schema"]
+        for item in document["paths"].values()
+        for op in item.values()
+        for parameter in op.get("parameters", ())
+        if parameter["in"] == "path" and parameter["name"] in ("vlab", "project")
+    ]
+
+    assert len(schemas) == 2 * len(OPERATIONS)
+    for schema in schemas:
+        assert schema["type"] == "string"
+        assert schema["pattern"] == (
+            "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+        )
