@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from obp_workflow.core.errors import FieldError, InvalidRequest
 
@@ -31,8 +32,10 @@ MAX_INPUTS = 256
 
 _SCHEDULER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.@+=,-]+$")
-#: C0 and C1 control characters (tab and newline included), and DEL.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: C0 and C1 control characters (tab and newline included), DEL, and the Unicode line and
+#: paragraph separators (a line break to a log reader, the end of a JavaScript string).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NO_CONTROL = "must not contain control characters or line separators"
 
 
 def _check_relative_path(value: str) -> str:
@@ -63,6 +66,25 @@ def _check_input(value: str) -> str:
             raise ValueError("a cluster path must be absolute, without '..', of safe characters")
         return norm
     raise ValueError("must be a knowledge-graph id (https://...) or an absolute cluster path")
+
+
+def _refuse_control_characters(metadata: dict[str, Any]) -> None:
+    """Refuse each key or text value with a control character, by name: ``metadata.<key>``,
+    with the key's own control characters written as ``\\uXXXX``."""
+    errors: list[InitErrorDetails] = []
+    for key, item in metadata.items():
+        if _CONTROL.search(key):
+            rule = "the key " + _NO_CONTROL
+        elif isinstance(item, str) and _CONTROL.search(item):
+            rule = _NO_CONTROL
+        else:
+            continue
+        shown = _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
+        error = PydanticCustomError("control_character", rule)
+        errors.append(InitErrorDetails(type=error, loc=(shown,), input=item))
+    if errors:
+        # A ValidationError raised in a field validator reports its errors under the field.
+        raise ValidationError.from_exception_data("metadata", errors)
 
 
 Text = Annotated[str, StringConstraints(max_length=4096)]
@@ -109,7 +131,7 @@ class SimulationRequest(BaseModel):
     @classmethod
     def _name(cls, value: str | None) -> str | None:
         if value is not None and _CONTROL.search(value):
-            raise ValueError("must not contain control characters")
+            raise ValueError(_NO_CONTROL)
         return value
 
     @field_validator("command")
@@ -140,6 +162,7 @@ class SimulationRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _refuse_control_characters(value)
         if any(len(k) > 128 or not k for k in value):
             raise ValueError("keys must be 1 to 128 characters")
         size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())

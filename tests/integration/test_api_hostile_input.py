@@ -7,6 +7,7 @@ test: without it the request would be answered 200 or 202.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -166,3 +167,66 @@ def test_the_document_gives_the_canonical_pattern_for_every_id_in_a_path(api: Ap
         assert schema["pattern"] == (
             "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
         )
+
+
+# ================================================================ metadata: no control characters
+
+#: NUL, C0 (tab, newline, escape, unit separator), DEL, C1 (next line, the last one) and the
+#: Unicode line and paragraph separators.
+CONTROLS = ["\x00", "\t", "\n", "\x1b", "\x1f", "\x7f", "\x85", "\x9f", "\u2028", "\u2029"]
+
+
+def post_json(
+    api: Api, project: ProjectRef, who: dict[str, str], body: object, *, ascii_only: bool
+) -> httpx.Response:
+    """POST ``body`` as JSON text: every non-ASCII character escaped as ``\\uXXXX``, or sent
+    as its UTF-8 bytes."""
+    content = json.dumps(body, ensure_ascii=ascii_only).encode()
+    headers = {**who, "Content-Type": "application/json"}
+    return api.client.post(runs_url(project), content=content, headers=headers)
+
+
+def no_runs(api: Api, project: ProjectRef, who: dict[str, str]) -> bool:
+    return api.client.get(runs_url(project), headers=who).json()["runs"] == []
+
+
+@pytest.mark.parametrize("ascii_only", [True, False], ids=["escaped", "utf-8"])
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_control_character_in_a_metadata_value_is_refused_by_its_key(
+    api: Api, char: str, ascii_only: bool
+) -> None:
+    project = new_project()
+    who = api.member_of(project)
+    body = {**REQUEST, "metadata": {"campaign": f"ca1{char}baseline", "seed": 42}}
+
+    response = post_json(api, project, who, body, ascii_only=ascii_only)
+
+    assert refused_fields(response) == ["body.metadata.campaign"]
+    assert no_runs(api, project, who)
+
+
+@pytest.mark.parametrize("ascii_only", [True, False], ids=["escaped", "utf-8"])
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_control_character_in_a_metadata_key_is_refused_and_shown_escaped(
+    api: Api, char: str, ascii_only: bool
+) -> None:
+    project = new_project()
+    who = api.member_of(project)
+    body = {**REQUEST, "metadata": {f"cam{char}paign": "ca1", "seed": 42}}
+
+    response = post_json(api, project, who, body, ascii_only=ascii_only)
+
+    assert refused_fields(response) == [f"body.metadata.cam\\u{ord(char):04x}paign"]
+    assert char not in response.text
+    assert no_runs(api, project, who)
+
+
+def test_printable_metadata_is_kept_as_sent(api: Api) -> None:
+    project = new_project()
+    who = api.member_of(project)
+    metadata = {"région": "Hippocampe CA1 — 10 s", "note": "µ\u00a0\u03b1 🧠", "seed": 42}
+
+    response = post_json(api, project, who, {**REQUEST, "metadata": metadata}, ascii_only=False)
+
+    assert response.status_code == 202, response.text
+    assert response.json()["request"]["metadata"] == metadata

@@ -7,8 +7,9 @@ access check. Every check of schemathesis runs: no 5xx, every status and body as
 valid data accepted, invalid data rejected, missing auth refused, unknown methods 405.
 
 Two documented exceptions to "valid data accepted": the request's semantic rules (exactly one
-of ``command``/``script``, safe relative paths, metadata size) go beyond its JSON Schema, and an
-opaque cursor cannot be described by one; both are rejected with 422 by design.
+of ``command``/``script``, safe relative paths, metadata size, no control characters in the name
+or the metadata) go beyond its JSON Schema, and an opaque cursor cannot be described by one; both
+are rejected with 422 by design.
 """
 
 from __future__ import annotations

@@ -305,11 +305,18 @@ def test_script_form_runs_the_user_script_in_the_run_folder(tmp_path: Path) -> N
 
 # ---------------------------------------------------------------------------- directives
 
+#: Control characters and line separators, which a request refuses in its metadata.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 
 @given(
     args=st.lists(ARG, max_size=4),
     name=st.one_of(st.none(), st.text(st.characters(categories=["L", "N", "P", "S"]))),
-    metadata=st.dictionaries(st.text(min_size=1, max_size=8), ARG, max_size=3),
+    metadata=st.dictionaries(
+        st.text(min_size=1, max_size=8).filter(lambda k: not _CONTROL.search(k)),
+        ARG.map(lambda v: _CONTROL.sub("", v)),  # the request refuses them in metadata
+        max_size=3,
+    ),
     resources=st.fixed_dictionaries(
         {},
         optional={

@@ -443,12 +443,14 @@ _SAFE_PART = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.@+=,-]{0,8}", fullmatch=Tru
     lambda p: p not in (".", "..")
 )
 _ARG = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)
+#: Text without control characters or line separators (refused in metadata).
+_PRINTABLE = st.characters(exclude_categories=["Cc", "Cs", "Zl", "Zp"])
 _SCALAR = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(10**6), 10**6),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=8),
+    st.text(_PRINTABLE, max_size=8),
 )
 
 REQUEST_FIELDS: dict[str, st.SearchStrategy[Any]] = {
@@ -481,7 +483,7 @@ REQUEST_FIELDS: dict[str, st.SearchStrategy[Any]] = {
         max_size=3,
         unique=True,
     ),
-    "metadata": st.dictionaries(st.text(min_size=1, max_size=6), _SCALAR, max_size=4),
+    "metadata": st.dictionaries(st.text(_PRINTABLE, min_size=1, max_size=6), _SCALAR, max_size=4),
 }
 
 _WHAT_TO_RUN = st.one_of(
@@ -561,3 +563,45 @@ def test_digest_is_stable_across_releases() -> None:
 
 
 DIGEST_OF_PROG_X_A_H5 = "d38292c2cd9e459a7224b1a0449050774f601dc0b54aa37118520f0e3f94e5fb"
+
+
+# ---------------------------------------------------------------------------- metadata: no controls
+
+#: C0 (tab and newline included), DEL, C1, and the Unicode line and paragraph separators.
+REFUSED_IN_TEXT = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]]
+
+
+@pytest.mark.parametrize("char", REFUSED_IN_TEXT, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_metadata_value_with_a_control_character_is_refused_by_its_key(char: str) -> None:
+    data = with_(COMMAND_REQUEST, metadata={"campaign": f"ca1{char}baseline", "seed": 42})
+
+    assert [e.field for e in refusal(data)] == ["metadata.campaign"]
+
+
+@pytest.mark.parametrize("char", REFUSED_IN_TEXT, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_metadata_key_with_a_control_character_is_refused_and_shown_escaped(char: str) -> None:
+    data = with_(COMMAND_REQUEST, metadata={f"cam{char}paign": 1, "seed": 42})
+
+    (error,) = refusal(data)
+
+    assert error.field == f"metadata.cam\\u{ord(char):04x}paign"
+    assert "key" in error.rule
+
+
+def test_every_metadata_entry_with_a_control_character_is_named() -> None:
+    metadata = {"a": "x\x00", "b\n": "y", "c": "fine", "d": 1, "e": "\u2028"}
+
+    fields = {e.field for e in refusal(with_(COMMAND_REQUEST, metadata=metadata))}
+
+    assert fields == {"metadata.a", "metadata.b\\u000a", "metadata.e"}
+
+
+def test_metadata_keeps_printable_unicode() -> None:
+    metadata = {"région": "Hippocampe CA1 — 10 s", "note": "µ\u00a0\u03b1 🧠"}
+
+    assert SimulationRequest.parse(with_(COMMAND_REQUEST, metadata=metadata)).metadata == metadata
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029"], ids=["U+2028", "U+2029"])
+def test_a_name_with_a_line_separator_is_refused(char: str) -> None:
+    assert_refused_at(with_(COMMAND_REQUEST, name=f"run{char}name"), "name")
