@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -97,11 +98,12 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    nodes: int = Field(1, ge=1, le=4096)
-    tasks_per_node: int = Field(1, ge=1, le=1024)
-    cpus_per_task: int = Field(1, ge=1, le=1024)
-    memory_mb: int | None = Field(None, ge=1, le=4 * 1024 * 1024)
-    time_limit_minutes: int = Field(60, ge=1, le=14 * 24 * 60)
+    # Strict: a count is a JSON integer, never "4", true or 4.0 read as one.
+    nodes: StrictInt = Field(1, ge=1, le=4096)
+    tasks_per_node: StrictInt = Field(1, ge=1, le=1024)
+    cpus_per_task: StrictInt = Field(1, ge=1, le=1024)
+    memory_mb: StrictInt | None = Field(None, ge=1, le=4 * 1024 * 1024)
+    time_limit_minutes: StrictInt = Field(60, ge=1, le=14 * 24 * 60)
     partition: str | None = None
     account: str | None = None
 

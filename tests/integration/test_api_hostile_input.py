@@ -230,3 +230,56 @@ def test_printable_metadata_is_kept_as_sent(api: Api) -> None:
 
     assert response.status_code == 202, response.text
     assert response.json()["request"]["metadata"] == metadata
+
+
+# ================================================================ integers in the body are strict
+
+COUNTS = ["nodes", "tasks_per_node", "cpus_per_task", "memory_mb", "time_limit_minutes"]
+
+
+@pytest.mark.parametrize("value", ["4", True, 4.0], ids=["string", "true", "4.0"])
+@pytest.mark.parametrize("field", COUNTS)
+def test_a_count_in_the_body_must_be_a_json_integer(api: Api, field: str, value: object) -> None:
+    project = new_project()
+    who = api.member_of(project)
+    body = {**REQUEST, "resources": {field: value}}
+
+    response = post_json(api, project, who, body, ascii_only=True)
+
+    assert refused_fields(response) == [f"body.resources.{field}"]
+    assert no_runs(api, project, who)
+
+
+@pytest.mark.parametrize("field", COUNTS)
+def test_a_json_integer_count_is_accepted(api: Api, field: str) -> None:
+    project = new_project()
+    who = api.member_of(project)
+
+    response = post_json(api, project, who, {**REQUEST, "resources": {field: 4}}, ascii_only=True)
+
+    assert response.status_code == 202, response.text
+    assert response.json()["request"]["resources"][field] == 4
+
+
+def test_every_count_is_an_integer_in_the_document(api: Api) -> None:
+    schemas = api.client.get("/v1/openapi.json").json()["components"]["schemas"]
+    properties = schemas["Resources"]["properties"]
+
+    for field in COUNTS:
+        types = {s.get("type") for s in properties[field].get("anyOf", [properties[field]])}
+        assert types - {"null"} == {"integer"}, field
+
+
+def test_integer_query_parameters_are_still_read_from_their_text(api: Api) -> None:
+    """A query string is text: only the JSON body is strict."""
+    project = new_project()
+    who = api.member_of(project)
+    run_id = submit(api, project, who)
+
+    listing = api.client.get(runs_url(project) + "?limit=1", headers=who)
+    log = api.client.get(f"{runs_url(project)}/{run_id}/log?max_bytes=5", headers=who)
+
+    assert listing.status_code == 200, listing.text
+    assert [r["run_id"] for r in listing.json()["runs"]] == [run_id]
+    assert log.status_code == 200, log.text
+    assert log.json()["max_bytes"] == 5

@@ -605,3 +605,31 @@ def test_metadata_keeps_printable_unicode() -> None:
 @pytest.mark.parametrize("char", ["\u2028", "\u2029"], ids=["U+2028", "U+2029"])
 def test_a_name_with_a_line_separator_is_refused(char: str) -> None:
     assert_refused_at(with_(COMMAND_REQUEST, name=f"run{char}name"), "name")
+
+
+# ---------------------------------------------------------------------------- strict integers
+
+COUNTS = ["nodes", "tasks_per_node", "cpus_per_task", "memory_mb", "time_limit_minutes"]
+
+
+@pytest.mark.parametrize("value", ["4", "0x4", True, False, 4.0, 1e3], ids=repr)
+@pytest.mark.parametrize("field", COUNTS)
+def test_a_count_must_be_an_integer_not_a_string_a_boolean_or_a_float(
+    field: str, value: object
+) -> None:
+    error = assert_refused_at(with_resources(**{field: value}), f"resources.{field}")
+
+    assert "integer" in error.rule
+
+
+@pytest.mark.parametrize("field", COUNTS)
+def test_a_count_that_is_an_integer_is_accepted(field: str) -> None:
+    assert getattr(SimulationRequest.parse(with_resources(**{field: 4})).resources, field) == 4
+
+
+def test_metadata_values_keep_their_json_type() -> None:
+    metadata = {"text": "4", "flag": True, "real": 4.0, "count": 4, "none": None}
+
+    parsed = SimulationRequest.parse(with_(COMMAND_REQUEST, metadata=metadata)).metadata
+
+    assert [(k, type(v)) for k, v in parsed.items()] == [(k, type(v)) for k, v in metadata.items()]
