@@ -112,10 +112,6 @@ class SecretNotFound(DomainError):
     kind = "secret-not-found"
 
 
-class ProvisioningFailed(DomainError):
-    kind = "provisioning-failed"
-
-
 class ServiceUnavailable(DomainError):
     """An outside service (provisioner, knowledge graph, AWS) failed transiently."""
 

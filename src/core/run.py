@@ -574,7 +574,6 @@ _FACTS: Mapping[str, _Fact] = {
     "kg_activity": _Fact("kg_activity_id"),
     "kg_entities": _Fact("kg_entity_ids", lambda v: tuple(json.loads(v)) if v else ()),
 }
-FACT_KEYS = frozenset(_FACTS) | {"stale"}
 
 
 def _apply_fact(run: SimulationRun, key: str, value: str, event: RunEvent) -> None:

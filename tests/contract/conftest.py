@@ -81,7 +81,6 @@ DATA_SYNCHRONIZERS = [
     pytest.param(LustreHsmSynchronizerHarness, id="lustre-hsm", marks=pytest.mark.stack),
     pytest.param(NexusUploadSynchronizerHarness, id="nexus-upload", marks=pytest.mark.stack),
 ]
-# Later: nexus-http.
 KNOWLEDGE_GRAPHS = [
     pytest.param(FakeKnowledgeGraphHarness, id="fake"),
     pytest.param(NexusKnowledgeGraphHarness, id="nexus-http"),
