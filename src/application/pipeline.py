@@ -26,7 +26,7 @@ from obp_workflow.core.errors import (
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.jobs import JobAccounting
 from obp_workflow.core.jobspec import build_job_spec
-from obp_workflow.core.run import RunState, SimulationRun
+from obp_workflow.core.run import RunBrief, RunState, SimulationRun
 from obp_workflow.core.sync import LustreHsmExport, SyncPlan, SyncRefused, choose_sync
 from obp_workflow.ports.cluster import ClusterGateway, ClusterProvisioner
 from obp_workflow.ports.knowledge_graph import KnowledgeGraph, RunProvenance
@@ -110,19 +110,26 @@ class Pipeline:
         """Ask each cluster once about all of its watched jobs and apply what is new."""
         return self.monitor.cycle(project)
 
+    def unfinished(self, project: ProjectRef | None = None) -> list[RunBrief]:
+        """Every unfinished run (of one project, or of all), light."""
+        return [run.brief() for run in self.run_repository.list_active(project)]
+
     def sweep(self, project: ProjectRef | None = None) -> list[tuple[ProjectRef, str]]:
-        """One round: a monitor cycle, then one step for every active run. What changed.
+        """One round: a monitor cycle, then one step for every run a step can move. What
+        changed. Runs waiting on a job are left to the monitor and are not read whole.
 
         A run whose record is damaged is left where it is (the repository reports it); the
         others go on."""
         changed = list(self.monitor_cycle(project).changed)
-        for run in self.run_repository.list_active(project):
+        for brief in self.unfinished(project):
+            if not brief.movable:
+                continue
             try:
-                moved = self.advance(run.project, run.run_id)
+                moved = self.advance(brief.project, brief.run_id)
             except CorruptRecord:
                 continue  # damaged since it was listed: never a reason to stop the round
             if moved:
-                changed.append((run.project, run.run_id))
+                changed.append((brief.project, brief.run_id))
         return changed
 
     # ================================================================ the steps

@@ -52,6 +52,17 @@ TERMINAL_STATES = frozenset({RunState.DONE, RunState.FAILED, RunState.CANCELLED}
 ACTIVE_STATES = frozenset(RunState) - TERMINAL_STATES
 #: States in which a job of the run may exist on the scheduler and must be watched.
 JOB_STATES = frozenset({RunState.QUEUED, RunState.RUNNING})
+#: States a step of the pipeline moves (QUEUED and RUNNING wait on the monitor).
+STEP_STATES = frozenset(
+    {
+        RunState.ACCEPTED,
+        RunState.PROVISIONING,
+        RunState.SUBMITTING,
+        RunState.SYNCING,
+        RunState.REGISTERING,
+        RunState.CANCELLING,
+    }
+)
 
 S = RunState
 #: The lifecycle: every allowed move, and no other.
@@ -124,6 +135,23 @@ class JobWatch:
     job_id: str
     last_raw: str | None
     stale: bool
+
+
+@dataclass(frozen=True)
+class RunBrief:
+    """An unfinished run as a round of the pipeline sees it: enough to tell whether a step can
+    move it now, without reading it whole."""
+
+    project: ProjectRef
+    run_id: str
+    state: RunState
+    #: A job of the run (the simulation, or the elevated sync job) is on the scheduler: the
+    #: monitor moves the run when the job changes, no step can.
+    watching: bool
+
+    @property
+    def movable(self) -> bool:
+        return self.state in STEP_STATES and not self.watching
 
 
 class SimulationRun:
@@ -214,6 +242,9 @@ class SimulationRun:
         else:
             return None
         return JobWatch(self.project, self.run_id, job, self.scheduler_raw, self.stale)
+
+    def brief(self) -> RunBrief:
+        return RunBrief(self.project, self.run_id, self.state, self.watch() is not None)
 
     def may_have_cluster_job(self) -> bool:
         """Could a job of this run exist on the scheduler (submitted, or submission unclear)?"""
