@@ -2,7 +2,8 @@
 
 - ``demo``: one simulation end to end on the in-memory adapters;
 - ``serve``: the REST API over HTTP on loopback;
-- ``openapi``: the API's OpenAPI document, as committed in ``docs/openapi.json``.
+- ``openapi``: the API's OpenAPI document, as committed in ``docs/openapi.json``;
+- ``worker``: the workflow container, driving one project's runs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated Keycloak groups of that user, e.g. /proj/VLAB/PROJECT/member",
     )
     sub.add_parser("openapi", help="print the API's OpenAPI document (docs/openapi.json)")
+    sub.add_parser(
+        "worker",
+        help="drive the runs of the project OBP_VIRTUAL_LAB_ID/OBP_PROJECT_ID "
+        "(the workflow container's command)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import demo
@@ -43,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import serve
 
         return serve(args.host, args.port, args.dev_token, args.dev_groups)
+    if args.command == "worker":
+        from obp_workflow.entrypoints.worker.command import main as worker
+
+        return worker()
     if args.command == "openapi":
         from obp_workflow.entrypoints.http.openapi import openapi_json
 

@@ -57,6 +57,32 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level of the service's own loggers."
     )
+    # ---------------------------------------------------------------- the worker
+    virtual_lab_id: str | None = Field(
+        None, description="The worker's Virtual Lab (set by the orchestrator on its container)."
+    )
+    project_id: str | None = Field(
+        None, description="The worker's project (set by the orchestrator on its container)."
+    )
+    worker_idle_minutes: float = Field(
+        15,
+        ge=0,
+        le=24 * 60,
+        description="Idle time with no unfinished run before the worker exits.",
+    )
+    worker_threads: int = Field(4, ge=1, le=64, description="Pipeline builds run at once.")
+    worker_poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often the worker looks for new and changed runs."
+    )
+    worker_sweep_seconds: float = Field(
+        30.0, gt=0, le=3600, description="How often every unfinished run is looked at again."
+    )
+    worker_provisioning_poll_seconds: float = Field(
+        10.0, gt=0, le=600, description="How often a cluster being provisioned is asked about."
+    )
+    luigid_port: int = Field(
+        8082, ge=0, le=65535, description="Port of the worker's luigid on loopback (0: any)."
+    )
     # ---------------------------------------------------------------- AWS
     aws_region: str = Field("us-east-1", min_length=1, description="AWS region of every client.")
     aws_endpoint_url: str | None = Field(

@@ -1,0 +1,249 @@
+"""The workflow container's process: one per Virtual Lab project, driving its runs until idle.
+
+At start it starts its luigid, then reconciles: every unfinished run of its project is looked
+at again (a job already submitted is found by its tag, never submitted twice). Then, every
+``poll`` seconds:
+
+- the batched monitor asks each cluster once about every watched job; the runs that changed
+  are built (``dispatcher.py``: short ``luigi.build`` calls, one in flight per run);
+- the project's unfinished runs are listed, light (``RunBrief``): a run a step can move that
+  was not built in that state yet (a new run, a cancel) is built;
+- runs waiting for their cluster are moved by asking the provisioner, every
+  ``provisioning_poll`` seconds;
+- every ``sweep`` seconds, every run a step can move is built again, which catches whatever a
+  build missed (a ``complete()`` that raised stops a Luigi build silently).
+
+SIGTERM (ECS stopping the task) finishes the builds in hand, stops luigid and exits 0. With no
+unfinished run for ``idle`` seconds the worker retires: it asks the orchestrator to stop its
+own instance first, then looks once more, and if a run arrived meanwhile it starts the next
+instance itself. A request recorded after that last look finds no live instance, and its
+``ensure`` starts one: no run is left waiting with nobody to drive it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import luigi
+import luigi.configuration
+
+from obp_workflow.application.pipeline import Pipeline
+from obp_workflow.core.errors import DomainError
+from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.run import RunState
+from obp_workflow.entrypoints.composition.logs import log_context
+from obp_workflow.ports.instances import InstanceOrchestrator
+from obp_workflow.ports.runs import RunRepository
+
+from . import tasks
+from .dispatcher import Dispatcher
+from .luigid import Luigid
+
+log = logging.getLogger("obp_workflow.worker")
+
+#: Builds of one run in a row while each moves it on (a step done makes the next one ready).
+MAX_BUILDS_IN_A_ROW = 8
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    threads: int = 4
+    poll: float = 1.0
+    sweep: float = 30.0
+    provisioning_poll: float = 10.0
+    #: Seconds with no unfinished run before the worker retires (0: never).
+    idle: float = 15 * 60
+    luigid_port: int = 8082
+
+
+class Worker:
+    def __init__(
+        self,
+        project: ProjectRef,
+        pipeline: Pipeline,
+        run_repository: RunRepository,
+        instance_orchestrator: InstanceOrchestrator,
+        config: WorkerConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.project = project
+        self.pipeline = pipeline
+        self.run_repository = run_repository
+        self.instance_orchestrator = instance_orchestrator
+        self.config = config
+        self.clock = clock
+        self.stopping = threading.Event()
+        self.luigid = Luigid(config.luigid_port)
+        self.dispatcher = Dispatcher(self._build, config.threads)
+        self.retired = False
+        self._built: set[tuple[str, RunState]] = set()
+        self._last_sweep = 0.0
+        self._last_provisioning_poll = 0.0
+        self._idle_since: float | None = None
+
+    # ---------------------------------------------------------------- the process
+
+    def run(self) -> int:
+        """Drive the project's runs until stopped or idle; the exit status (0)."""
+        with log_context(project=self.project):
+            return self._run()
+
+    def _run(self) -> int:
+        tasks.install(tasks.Runtime(self.pipeline, self.run_repository))
+        _configure_luigi()
+        self.luigid.start()
+        log.info(
+            "worker of project %s started; luigid (visualiser) on %s",
+            self.project,
+            self.luigid.url,
+        )
+        try:
+            self._reconcile()
+            while not self.stopping.is_set():
+                started = self.clock()
+                self.tick()
+                if self._idle_long_enough():
+                    self._retire()
+                    break
+                self.stopping.wait(max(0.0, self.config.poll - (self.clock() - started)))
+        finally:
+            self.dispatcher.shutdown()
+            self.luigid.stop()
+            log.info("worker of project %s stopped", self.project)
+        return 0
+
+    def stop(self) -> None:
+        """Finish the step in hand and exit (SIGTERM)."""
+        self.stopping.set()
+
+    # ---------------------------------------------------------------- one poll
+
+    def tick(self) -> None:
+        now = self.clock()
+        try:
+            report = self.pipeline.monitor_cycle(self.project)
+        except DomainError as exc:
+            log.warning("monitor cycle failed: %s", exc.message)
+        else:
+            for project, run_id in report.changed:
+                self.dispatcher.dispatch(project, run_id)
+        try:
+            briefs = self.pipeline.unfinished(self.project)
+        except DomainError as exc:
+            log.warning("could not list the project's runs: %s", exc.message)
+            return
+        sweep = now - self._last_sweep >= self.config.sweep
+        poll_provisioning = now - self._last_provisioning_poll >= self.config.provisioning_poll
+        if sweep:
+            self._last_sweep = now
+            self._built.clear()
+        if poll_provisioning:
+            self._last_provisioning_poll = now
+        for brief in briefs:
+            if not brief.movable or self.dispatcher.in_flight(brief.run_id):
+                continue
+            if brief.state is RunState.PROVISIONING:
+                if poll_provisioning:
+                    self._await_cluster(brief.run_id)
+                continue
+            if (brief.run_id, brief.state) not in self._built:
+                self._built.add((brief.run_id, brief.state))
+                self.dispatcher.dispatch(brief.project, brief.run_id)
+        if briefs or self.dispatcher.busy:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+
+    def _await_cluster(self, run_id: str) -> None:
+        """The provisioning wait's poll: ask the provisioner; a run whose cluster is ready is
+        built on (its Submit step)."""
+        with log_context(project=self.project, run_id=run_id, step="AwaitCluster"):
+            try:
+                if self.pipeline.advance(self.project, run_id):
+                    self.dispatcher.dispatch(self.project, run_id)
+            except DomainError as exc:
+                log.warning("provisioning poll failed: %s", exc.message)
+
+    def _reconcile(self) -> None:
+        """After a crash or a redeploy: every unfinished run is built again, from its
+        persisted state (Submit looks its job up by tag before submitting anything)."""
+        briefs = self.pipeline.unfinished(self.project)
+        log.info("reconciling %d unfinished run(s)", len(briefs))
+        for brief in briefs:
+            if brief.movable and brief.state is not RunState.PROVISIONING:
+                self._built.add((brief.run_id, brief.state))
+                self.dispatcher.dispatch(brief.project, brief.run_id)
+        self._last_sweep = self.clock()
+
+    # ---------------------------------------------------------------- one build
+
+    def _build(self, project: ProjectRef, run_id: str) -> None:
+        """Build the run's pipeline, again while each build moves it on."""
+        before = None
+        for _ in range(MAX_BUILDS_IN_A_ROW):
+            brief = self.run_repository.get(project, run_id).brief()
+            if not brief.movable or brief == before:
+                return
+            before = brief
+            with log_context(project=project, run_id=run_id, state=brief.state.value):
+                self._luigi_build(project, run_id)
+
+    def _luigi_build(self, project: ProjectRef, run_id: str) -> None:
+        luigi.build(
+            [tasks.RunPipeline.of(project, run_id)],
+            scheduler_host="127.0.0.1",
+            scheduler_port=self.luigid.port,
+            workers=1,
+            detailed_summary=True,
+        )
+
+    # ---------------------------------------------------------------- idle
+
+    def _idle_long_enough(self) -> bool:
+        if self.config.idle <= 0 or self._idle_since is None:
+            return False
+        return self.clock() - self._idle_since >= self.config.idle
+
+    def _retire(self) -> None:
+        """Stop this instance, then look once more: a run that arrived meanwhile gets a new
+        instance (the orchestrator no longer counts this one as live)."""
+        log.info("no unfinished run for %.0f s: retiring", self.config.idle)
+        try:
+            self.instance_orchestrator.stop(self.project, "idle: no unfinished run")
+            if self.pipeline.unfinished(self.project):
+                log.info("a run arrived while retiring: starting the next instance")
+                self.instance_orchestrator.ensure(self.project)
+        except DomainError as exc:
+            log.warning("retiring: %s", exc.message)
+        self.retired = True
+
+
+def _configure_luigi() -> None:
+    """Luigi's client settings for short builds from threads (``docs/architecture.md``)."""
+    # luigi reads the two rpc settings itself, outside its [core] parameters: it warns.
+    warnings.filterwarnings("ignore", message=".*rpc_retry_.*not consumed", module="luigi")
+    config = luigi.configuration.get_config()
+    settings = {
+        "core": {
+            "no_configure_logging": "true",  # the service's own logging stays as it is
+            "rpc_retry_attempts": "2",  # luigid down: a build fails in seconds, not a minute
+            "rpc_retry_wait": "1",
+        },
+        "worker": {
+            "no_install_shutdown_handler": "true",  # luigi.build from a thread
+            "keep_alive": "false",
+            "retry_external_tasks": "false",
+            "ping_interval": "5",
+        },
+    }
+    for section, options in settings.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        for option, value in options.items():
+            config.set(section, option, value)
