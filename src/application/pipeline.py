@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from obp_workflow.core.cluster import ClusterHandle, KeyRole, ProvisioningPhase
+from obp_workflow.core.cluster import (
+    ClusterHandle,
+    KeyRole,
+    ProvisioningPhase,
+    ProvisioningStatus,
+)
 from obp_workflow.core.errors import (
     ClusterUnreachable,
     Conflict,
@@ -144,6 +149,8 @@ class Pipeline:
         if status.cluster is not None:
             self.clusters.remember(t.run.project, status.cluster)
             t.run.cluster_ready(now, status.cluster.name)
+        else:
+            t.run.provisioning_observed(now, _status_text(status))
 
     def _await_cluster(self, t: Tracked) -> None:
         project = t.run.project
@@ -152,9 +159,12 @@ class Pipeline:
         if status.cluster is not None:
             self.clusters.remember(project, status.cluster)
             t.run.cluster_ready(now, status.cluster.name)
-        elif status.phase is ProvisioningPhase.FAILED:
+            return
+        if status.phase is ProvisioningPhase.FAILED:
             t.run.fail(now, f"the project's cluster could not be created: {status.detail}")
-        elif status.phase is ProvisioningPhase.NOT_FOUND:
+            return
+        t.run.provisioning_observed(now, _status_text(status))
+        if status.phase is ProvisioningPhase.NOT_FOUND:
             self.cluster_provisioner.request(project)  # idempotent: ask again
         elif now - _entered(t.run, RunState.PROVISIONING) > self.policy.provisioning_timeout:
             minutes = int(self.policy.provisioning_timeout.total_seconds() // 60)
@@ -313,6 +323,10 @@ class Pipeline:
             if job is not None:
                 self.cluster_gateway.cancel(cluster, job)
         run.cancel_confirmed(self.clock.now())
+
+
+def _status_text(status: ProvisioningStatus) -> str:
+    return status.phase.value + (f": {status.detail}" if status.detail else "")
 
 
 def _entered(run: SimulationRun, state: RunState, default: datetime | None = None) -> datetime:

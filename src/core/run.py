@@ -164,6 +164,8 @@ class SimulationRun:
         self.updated_at = header.created_at
         self.events: list[RunEvent] = []
         self.cluster_name: str | None = None
+        #: What the provisioner last said of the cluster while the run waited for it.
+        self.provisioning_status: str | None = None
         self.job_id: str | None = None
         self.job_adopted = False
         self.submit_attempts = 0
@@ -254,6 +256,22 @@ class SimulationRun:
 
     def start_provisioning(self, at: datetime) -> None:
         self._transition(at, "provisioning", RunState.PROVISIONING, "cluster requested")
+
+    def provisioning_observed(self, at: datetime, status: str) -> bool:
+        """What the provisioner says of the cluster the run waits for (its status, and the
+        reason it gives); recorded when it changes. True when the run changed."""
+        self._require(RunState.PROVISIONING)
+        status = status[:500]
+        if status == (self.provisioning_status or ""):
+            return False
+        self._record(
+            at,
+            "provisioning-status",
+            RunState.PROVISIONING,
+            f"the provisioner says: {status}",
+            {"provisioning": status},
+        )
+        return True
 
     def cluster_ready(self, at: datetime, cluster_name: str) -> None:
         self._transition(
@@ -587,6 +605,7 @@ class _Fact:
 #: Every fact an event may carry. ``stale`` is handled apart: it also stamps ``stale_since``.
 _FACTS: Mapping[str, _Fact] = {
     "cluster": _Fact("cluster_name"),
+    "provisioning": _Fact("provisioning_status"),
     "job_id": _Fact("job_id"),
     "adopted": _Fact("job_adopted", bool),
     "submit_attempts": _Fact("submit_attempts", int),

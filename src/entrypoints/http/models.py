@@ -185,6 +185,10 @@ class RunView(_Model):
     scheduler_raw: str | None = Field(
         description="The scheduler's last line about the run's job, or then its sync job."
     )
+    provisioning_status: str | None = Field(
+        description="What the provisioner last said of the project's cluster while the run "
+        "waited for it: its status, and the reason it gives."
+    )
     job: JobView
     sync: SyncView
     knowledge_graph: KnowledgeGraphView
@@ -277,6 +281,7 @@ def run_view(run: SimulationRun) -> RunView:
         failure_reason=run.failure_reason,
         cancelled_by=run.cancelled_by,
         scheduler_raw=run.scheduler_raw,
+        provisioning_status=run.provisioning_status,
         job=JobView(
             cluster_name=run.cluster_name,
             job_id=run.job_id,
