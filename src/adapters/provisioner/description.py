@@ -182,34 +182,11 @@ def status_of(
 ) -> ProvisioningStatus:
     """The project's cluster as ``described`` (its ``clusterStatus`` a string); ``learned``: what
     the latest POST answer for the project said, if any."""
+    s = settings
     status = str(described["clusterStatus"])
-    for field, expected in (
-        ("vlab_id", project.virtual_lab_id),
-        ("project_id", project.project_id),
-    ):
-        given = described.get(field)
-        if given is not None and str(given).lower() != expected:
-            return ProvisioningStatus(
-                ProvisioningPhase.UNKNOWN,
-                detail=f"{status}, but the provisioner described {field} {given!r}",
-            )
-    phase = phase_of(status)
-    if phase is ProvisioningPhase.FAILED:
-        return ProvisioningStatus(phase, detail=_failure_detail(status, described))
-    if phase is ProvisioningPhase.IN_PROGRESS:
-        return ProvisioningStatus(phase, detail=status)
-    return _ready(project, status, described, settings, learned=learned, host_key_for=host_key_for)
-
-
-def _ready(
-    project: ProjectRef,
-    status: str,
-    described: Mapping[str, Any],
-    s: ProvisionerSettings,
-    *,
-    learned: Identity | None,
-    host_key_for: Callable[[str], str],
-) -> ProvisioningStatus:
+    incomplete = _incomplete(project, status, described)
+    if incomplete is not None:
+        return incomplete
     name = described.get("clusterName")
     if not isinstance(name, str) or not name:
         return _unknown(status, "the description has no clusterName")
@@ -266,6 +243,29 @@ def _ready(
     except ValueError as exc:
         return _unknown(status, f"the cluster cannot be used: {exc}")
     return ProvisioningStatus(ProvisioningPhase.READY, handle, status)
+
+
+def _incomplete(
+    project: ProjectRef, status: str, described: Mapping[str, Any]
+) -> ProvisioningStatus | None:
+    """The status when the description is of another project (UNKNOWN) or of a cluster that is
+    not complete (FAILED, IN_PROGRESS); None for a complete cluster of the project."""
+    for field, expected in (
+        ("vlab_id", project.virtual_lab_id),
+        ("project_id", project.project_id),
+    ):
+        given = described.get(field)
+        if given is not None and str(given).lower() != expected:
+            return ProvisioningStatus(
+                ProvisioningPhase.UNKNOWN,
+                detail=f"{status}, but the provisioner described {field} {given!r}",
+            )
+    phase = phase_of(status)
+    if phase is ProvisioningPhase.FAILED:
+        return ProvisioningStatus(phase, detail=_failure_detail(status, described))
+    if phase is ProvisioningPhase.IN_PROGRESS:
+        return ProvisioningStatus(phase, detail=status)
+    return None
 
 
 def _storage(
