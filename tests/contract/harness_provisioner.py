@@ -17,7 +17,8 @@ import hashlib
 import struct
 from typing import Any
 
-from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner, ProvisionerSettings
+from obp_workflow.adapters.provisioner.description import ProvisionerSettings
+from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.ports.cluster import ClusterProvisioner
 from tests.provisioner_server import CREDENTIALS, REGION, Lifecycle, ProvisionerServer

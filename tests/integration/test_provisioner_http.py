@@ -21,11 +21,8 @@ from botocore.credentials import Credentials
 from botocore.session import Session as BotocoreSession
 
 from obp_workflow.adapters.fake.secret_store import FakeSecretStore
-from obp_workflow.adapters.provisioner.http import (
-    HttpClusterProvisioner,
-    host_key_from_secrets,
-    phase_of,
-)
+from obp_workflow.adapters.provisioner.description import host_key_from_secrets, phase_of
+from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner
 from obp_workflow.core.cluster import (
     ClusterHandle,
     LustreStorage,

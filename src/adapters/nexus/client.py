@@ -42,10 +42,11 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -55,6 +56,8 @@ from obp_workflow.core.errors import DomainError, ServiceUnavailable
 from obp_workflow.core.identity import ProjectRef
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 LinkMode = Literal["link", "legacy-files"]
 LINK_MODES: tuple[LinkMode, ...] = ("link", "legacy-files")
@@ -221,7 +224,8 @@ Body = bytes | Callable[[], Iterator[bytes]]
 
 
 class NexusClient:
-    """HTTP to Delta with retries; resources by id (fetch, upsert, deprecate); file metadata."""
+    """HTTP to Delta with retries; resources by id (fetch, upsert, deprecate); file metadata;
+    calls in parallel (``each``)."""
 
     def __init__(
         self,
@@ -247,6 +251,18 @@ class NexusClient:
 
     def close(self) -> None:
         self._client.close()
+
+    def each(self, work: Callable[[_T], object], items: Sequence[_T]) -> None:
+        """Do ``work`` on every item (``concurrency`` at a time); then raise the first failure,
+        if any."""
+        if self.settings.concurrency == 1 or len(items) < 2:
+            for item in items:
+                work(item)
+            return
+        with ThreadPoolExecutor(min(self.settings.concurrency, len(items))) as pool:
+            futures = [pool.submit(work, item) for item in items]
+        for future in futures:
+            future.result()
 
     # ================================================================ addresses
 

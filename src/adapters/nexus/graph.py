@@ -1,282 +1,50 @@
-"""The knowledge graph on Blue Brain Nexus Delta v1: provenance of runs, and their files.
+"""The knowledge graph on Blue Brain Nexus Delta v1: the port, over the provenance and the files.
 
-Ids are derived from the run, so registering again updates and never duplicates (the scheme of
-``adapters/fake/knowledge_graph.py``; ``id_base`` defaults to its base)::
+``NexusKnowledgeGraph`` is the run's files (``files.NexusRunFiles``: upload, link, read; public
+for the synchronizers, not in the port) and the port's two calls, which write and withdraw the
+provenance documents (``provenance.py``) at ids derived from the run, so registering again
+updates and never duplicates. Each Virtual Lab project has its own private Nexus project
+(``NexusSettings.project_for``).
 
-    activity  {id_base}/{virtual_lab_id}/{project_id}/runs/{run_id}
-    entity    {activity}/outputs/{relative_path}
-    file      {entity}/file
+``register`` first links the outputs the Lustre HSM exported to the Nexus data bucket as the
+run's Nexus files (``NexusRunFiles.link_outputs``), then writes one entity per output (in
+parallel, ``concurrency``), then the activity: the activity is the commit marker, written once
+everything it points to exists. Each write is ``PUT`` without ``rev`` (create);
+``ResourceAlreadyExists`` -> read the current revision and ``PUT ?rev=N``; ``IncorrectRev`` ->
+read again and retry (bounded). A lost reply is therefore harmless: the retry finds the
+resource and updates it.
 
-(``relative_path`` keeps its ``/``; any character that is not safe in an IRI path is
-percent-encoded, which the request validation makes moot today.) Each Virtual Lab project has
-its own private Nexus project (``NexusSettings.project_for``).
-
-``register`` writes one entity per output (in parallel, ``concurrency``), then the activity:
-the activity is the commit marker, written once everything it points to exists. Each write is
-``PUT`` without ``rev`` (create); ``ResourceAlreadyExists`` -> read the current revision and
-``PUT ?rev=N``; ``IncorrectRev`` -> read again and retry (bounded). A lost reply is therefore
-harmless: the retry finds the resource and updates it. ``withdraw`` deprecates the run's
-entities (those the activity names and those its request announced), their files, then the
-activity; what is absent or already deprecated is skipped, so it is idempotent and does nothing
-for a run that registered nothing.
-
-The provenance is JSON-LD with an inline ``@context`` (PROV-O, schema.org, neuroshapes terms
-and the service's own ``obp:`` vocabulary), so Delta needs no remote context to expand it:
-
-- the activity: ``@type`` [Activity, WorkflowExecution] (``prov:Activity``,
-  ``nsg:WorkflowExecution``), ``used`` (the run's configuration and its inputs), ``generated``
-  (the entities), ``wasAssociatedWith`` the service (a ``prov:SoftwareAgent``),
-  ``wasAttributedTo`` the requesting user (the Nexus user IRI), ``startedAtTime``,
-  ``endedAtTime``, ``status`` Done, ``clusterName``, ``jobId``, ``exitCode`` (when known) and
-  ``elapsed`` (xsd:duration between the start and the end the service observed), and
-  ``slurmAccounting`` (the scheduler's own record: ``nodes``, ``nodeList``, ``elapsed``,
-  ``exitCode``, ``signal``, ``state``, ``start``/``end`` as Slurm printed them);
-- one entity per output: [Entity, Dataset], ``wasGeneratedBy`` the activity, ``distribution``
-  a ``DataDownload`` with ``contentUrl`` (the Nexus file's address; the S3 location for an
-  object outside the Nexus data bucket), ``contentSize`` (bytes), ``digest`` (SHA-256) and
-  ``encodingFormat``; for a linked object also ``atLocation`` (its ``s3://`` location).
-
-Outputs the Lustre HSM exported to the Nexus data bucket (``s3://{s3_storage_bucket}/{key}``)
-are linked as the run's Nexus files first (``link_file``, with the size that was synchronised:
-an object missing or of another size is ``SyncIncomplete`` naming the output), so the graph
-holds them as Nexus holds any file, with the SHA-256 Delta computed.
-
-Files (public methods for the synchronizers, not in the port): ``upload_file`` streams one
-output as multipart with ``x-nxs-file-content-length`` and ``x-nxs-file-metadata``; it is
-idempotent by the file id and the content's SHA-256 (a retried upload of the same content
-finds the file and sends nothing). ``link_file`` registers an object already in the Nexus
-bucket (the Lustre HSM export) through ``/v1/link/files`` or, ``link_mode="legacy-files"``,
-the JSON form of ``/v1/files``.
+``withdraw`` deprecates the run's entities (those the activity names and those its request
+announced), their files, then the activity; what is absent or already deprecated is skipped,
+so it is idempotent and does nothing for a run that registered nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import mimetypes
-import posixpath
-import secrets
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import IO, Any, TypeVar
-from urllib.parse import quote
-
-import httpx
-
-from obp_workflow.core.errors import ServiceUnavailable, SyncIncomplete
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.jobs import JobAccounting
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import SyncedFile
 from obp_workflow.ports.knowledge_graph import KnowledgeGraph, Registration, RunProvenance
 
-from .client import Answer, NexusClient, NexusRefusal, NexusSettings
-
-_T = TypeVar("_T")
-_CHUNK = 1024 * 1024
-
-#: The vocabulary of the provenance. Inline, so that Delta resolves no remote context.
-CONTEXT: dict[str, Any] = {
-    "@vocab": "https://openbrainplatform.org/workflow/vocab/",
-    "obp": "https://openbrainplatform.org/workflow/vocab/",
-    "prov": "http://www.w3.org/ns/prov#",
-    "nsg": "https://neuroshapes.org/",
-    "schema": "http://schema.org/",
-    "xsd": "http://www.w3.org/2001/XMLSchema#",
-    "Activity": "prov:Activity",
-    "Entity": "prov:Entity",
-    "Agent": "prov:Agent",
-    "SoftwareAgent": "prov:SoftwareAgent",
-    "Person": "schema:Person",
-    "WorkflowExecution": "nsg:WorkflowExecution",
-    "Dataset": "schema:Dataset",
-    "DataDownload": "schema:DataDownload",
-    "RunConfiguration": "obp:RunConfiguration",
-    "used": {"@id": "prov:used", "@type": "@id"},
-    "generated": {"@id": "prov:generated", "@type": "@id"},
-    "wasGeneratedBy": {"@id": "prov:wasGeneratedBy", "@type": "@id"},
-    "wasAssociatedWith": {"@id": "prov:wasAssociatedWith", "@type": "@id"},
-    "wasAttributedTo": {"@id": "prov:wasAttributedTo", "@type": "@id"},
-    "startedAtTime": {"@id": "prov:startedAtTime", "@type": "xsd:dateTime"},
-    "endedAtTime": {"@id": "prov:endedAtTime", "@type": "xsd:dateTime"},
-    "status": "nsg:status",
-    "name": "schema:name",
-    "identifier": "schema:identifier",
-    "distribution": "schema:distribution",
-    "contentUrl": {"@id": "schema:contentUrl", "@type": "@id"},
-    "Location": "prov:Location",
-    "atLocation": "prov:atLocation",
-    "location": {"@id": "obp:location", "@type": "@id"},
-    "contentSize": "schema:contentSize",
-    "encodingFormat": "schema:encodingFormat",
-    "value": "schema:value",
-    "unitCode": "schema:unitCode",
-    "digest": "nsg:digest",
-    "algorithm": "nsg:algorithm",
-    "exitCode": {"@id": "obp:exitCode", "@type": "xsd:integer"},
-    "SlurmAccounting": "obp:SlurmAccounting",
-    "slurmAccounting": "obp:slurmAccounting",
-    "nodes": {"@id": "obp:nodes", "@type": "xsd:integer"},
-    "signal": {"@id": "obp:signal", "@type": "xsd:integer"},
-    "elapsed": {"@id": "obp:elapsed", "@type": "xsd:duration"},
-    "command": {"@id": "obp:command", "@container": "@list"},
-}
-
-_MEDIA_TYPES = {
-    ".dat": "application/octet-stream",
-    ".bin": "application/octet-stream",
-    ".h5": "application/x-hdf5",
-    ".hdf5": "application/x-hdf5",
-    ".nwb": "application/x-hdf5",
-    ".json": "application/json",
-    ".csv": "text/csv",
-    ".txt": "text/plain",
-    ".log": "text/plain",
-    ".out": "text/plain",
-    ".err": "text/plain",
-}
-_ALGORITHMS = {"sha256": "SHA-256", "sha1": "SHA-1", "sha512": "SHA-512", "md5": "MD5"}
+from .files import NexusFile, NexusRunFiles
+from .provenance import (
+    activity_document,
+    activity_id,
+    entity_document,
+    entity_id,
+    ids_of,
+    user_iri,
+)
 
 
-# ==================================================================== ids
-
-
-def activity_id(base: str, project: ProjectRef, run_id: str) -> str:
-    return f"{base.rstrip('/')}/{project.virtual_lab_id}/{project.project_id}/runs/{run_id}"
-
-
-def entity_id(base: str, project: ProjectRef, run_id: str, relative_path: str) -> str:
-    path = quote(relative_path, safe="/@+=,;:!$&'()*~")
-    return f"{activity_id(base, project, run_id)}/outputs/{path}"
-
-
-def file_id(base: str, project: ProjectRef, run_id: str, relative_path: str) -> str:
-    return entity_id(base, project, run_id, relative_path) + "/file"
-
-
-def media_type_of(relative_path: str) -> str:
-    ext = posixpath.splitext(relative_path)[1].lower()
-    return (
-        _MEDIA_TYPES.get(ext)
-        or mimetypes.guess_type(relative_path)[0]
-        or ("application/octet-stream")
-    )
-
-
-@dataclass(frozen=True)
-class NexusFile:
-    """A file as Nexus holds it."""
-
-    id: str
-    rev: int
-    address: str  # the file's ``_self``: where its content is read
-    location: str  # ``_location``: where the storage keeps it
-    size: int
-    digest: str | None  # "sha256:<hex>"
-    filename: str
-    media_type: str | None
-
-    def synced(self, relative_path: str) -> SyncedFile:
-        """The output as the sync outcome records it: located by its Nexus file id."""
-        return SyncedFile(relative_path, self.size, self.id, self.digest)
-
-
-class _SizeMismatch(Exception):
-    def __init__(self, expected: int, got: str) -> None:
-        super().__init__(f"the stream holds {got} bytes, not the {expected} announced")
-
-
-class _Source:
-    """An upload's content: rewindable (a seekable stream, or spooled), with its SHA-256."""
-
-    def __init__(self, stream: IO[bytes] | Iterable[bytes], size: int, s: NexusSettings) -> None:
-        self.size = size
-        self.sha256: str | None = None
-        self.sent_sha256: str | None = None
-        self._owned = False
-        read = getattr(stream, "read", None)
-        seekable = getattr(stream, "seekable", None)
-        if callable(read) and callable(seekable) and seekable():
-            self._file: Any = stream
-            self._start = int(stream.tell())  # type: ignore[union-attr]
-            return
-        spool = tempfile.SpooledTemporaryFile(max_size=s.spool_memory_bytes, dir=s.spool_dir)  # noqa: SIM115
-        digest, count = hashlib.sha256(), 0
-        chunks: Iterable[bytes] = iter(lambda: read(_CHUNK), b"") if callable(read) else stream
-        for chunk in chunks:
-            digest.update(chunk)
-            spool.write(chunk)
-            count += len(chunk)
-        if count != size:
-            spool.close()
-            raise _SizeMismatch(size, str(count))
-        spool.seek(0)
-        self._file, self._start, self._owned = spool, 0, True
-        self.sha256 = digest.hexdigest()
-
-    def digest(self) -> str:
-        if self.sha256 is None:
-            digest = hashlib.sha256()
-            for chunk in self.chunks():
-                digest.update(chunk)
-            self.sha256 = digest.hexdigest()
-        return self.sha256
-
-    def chunks(self) -> Iterator[bytes]:
-        """Exactly ``size`` bytes from the start; a stream of another length raises before its
-        last byte is sent, so Delta never receives a complete body of the wrong content."""
-        self._file.seek(self._start)
-        digest, remaining = hashlib.sha256(), self.size
-        while remaining > 0:
-            chunk = self._file.read(min(_CHUNK, remaining))
-            if not chunk:
-                raise _SizeMismatch(self.size, str(self.size - remaining))
-            remaining -= len(chunk)
-            if remaining == 0 and self._file.read(1):
-                raise _SizeMismatch(self.size, "more than")
-            digest.update(chunk)
-            yield chunk
-        self.sent_sha256 = digest.hexdigest()
-
-    def close(self) -> None:
-        if self._owned:
-            self._file.close()
-
-
-class NexusKnowledgeGraph(KnowledgeGraph):
+class NexusKnowledgeGraph(NexusRunFiles, KnowledgeGraph):
     """``KnowledgeGraph`` on Nexus Delta v1 with the service's own token."""
-
-    def __init__(
-        self,
-        settings: NexusSettings,
-        token_provider: Callable[[], str],
-        *,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.settings = settings
-        self.nexus = NexusClient(settings, token_provider, transport=transport, sleep=sleep)
-
-    def close(self) -> None:
-        self.nexus.close()
-
-    # ================================================================ ids
-
-    def project_for(self, project: ProjectRef) -> tuple[str, str]:
-        return self.settings.project_for(project)
 
     def activity_id(self, project: ProjectRef, run_id: str) -> str:
         return activity_id(self.settings.id_base, project, run_id)
 
     def entity_id(self, project: ProjectRef, run_id: str, relative_path: str) -> str:
         return entity_id(self.settings.id_base, project, run_id, relative_path)
-
-    def file_id(self, project: ProjectRef, run_id: str, relative_path: str) -> str:
-        return file_id(self.settings.id_base, project, run_id, relative_path)
 
     # ================================================================ the port
 
@@ -285,16 +53,30 @@ class NexusKnowledgeGraph(KnowledgeGraph):
         org, project = self.project_for(header.project)
         files = provenance.outcome.files
         entities = [self.entity_id(header.project, header.run_id, f.relative_path) for f in files]
-        linked = self._link_outputs(header, files)
+        linked = self.link_outputs(header, files)
 
         def write(item: tuple[str, SyncedFile, NexusFile | None]) -> None:
             ident, file, link = item
-            document = self.entity_document(provenance, file, org, project, link)
+            document = entity_document(
+                provenance,
+                file,
+                id_base=self.settings.id_base,
+                user=self._user(header),
+                content_url=self._content_url(file.location, org, project),
+                linked=link,
+            )
             self.nexus.upsert(org, project, ident, document)
 
-        self._each(write, list(zip(entities, files, linked, strict=True)))
+        self.nexus.each(write, list(zip(entities, files, linked, strict=True)))
         act = self.activity_id(header.project, header.run_id)
-        self.nexus.upsert(org, project, act, self.activity_document(provenance, entities))
+        document = activity_document(
+            provenance,
+            entities,
+            id_base=self.settings.id_base,
+            service_agent=self.settings.service_agent,
+            user=self._user(header),
+        )
+        self.nexus.upsert(org, project, act, document)
         return Registration(act, entities)
 
     def withdraw(self, run: RunHeader) -> None:
@@ -302,559 +84,22 @@ class NexusKnowledgeGraph(KnowledgeGraph):
         act = self.activity_id(run.project, run.run_id)
         activity = self.nexus.fetch(org, project, act)
         prefix = act + "/outputs/"
-        named = _ids_of(activity.get("generated")) if activity is not None else []
+        named = ids_of(activity.get("generated")) if activity is not None else []
         announced = [self.entity_id(run.project, run.run_id, p) for p in run.request.outputs]
         entities = [i for i in dict.fromkeys([*named, *announced]) if i.startswith(prefix)]
-        self._each(lambda ident: self.nexus.deprecate(org, project, ident), entities)
-        self._each(lambda ident: self.nexus.deprecate_file(org, project, ident + "/file"), entities)
-        self.nexus.deprecate(org, project, act)
-
-    # ================================================================ files
-
-    def upload_file(
-        self,
-        run: RunHeader,
-        relative_path: str,
-        stream: IO[bytes] | Iterable[bytes],
-        size: int,
-        *,
-        media_type: str | None = None,
-        digest: str | None = None,
-    ) -> NexusFile:
-        """Stream one output into Nexus as the run's file for ``relative_path``.
-
-        ``stream``: a binary file (seekable ones are read in place and rewound for a retry) or
-        an iterable of chunks (spooled, to a temporary file beyond ``spool_memory_bytes``).
-        ``digest`` ("sha256:<hex>"), when the caller knows it, spares reading the content to
-        compare it with a file already there. The same content uploaded again is not sent
-        again; another content updates the file (a new revision). Content of another length
-        than ``size``, or that Delta digests otherwise, is ``SyncIncomplete``.
-        """
-        if size < 0:
-            raise ValueError("size must not be negative")
-        t = self._target(run, relative_path, media_type)
-        known = _hex_of(digest)
-        try:
-            source = _Source(stream, size, self.settings)
-        except _SizeMismatch as exc:
-            raise SyncIncomplete([relative_path], f"{relative_path}: {exc}") from None
-
-        def holds_it(current: dict[str, Any]) -> bool:
-            stored = _stored_sha256(current)
-            return (
-                stored is not None
-                and current.get("_bytes") == size
-                and stored == (known or source.digest())
-            )
-
-        try:
-            return self._put_file(
-                t,
-                "uploaded",
-                send=lambda rev: self._send_file(t, rev, source),
-                holds_it=holds_it,
-                written=lambda body: self._uploaded(t, body, source, known),
-                refused=lambda answer: self.nexus.refused(answer, t.doing("upload")),
-            )
-        except _SizeMismatch as exc:
-            raise SyncIncomplete([relative_path], f"{relative_path}: {exc}") from None
-        finally:
-            source.close()
-
-    def file_info(self, run: RunHeader, relative_path: str) -> NexusFile | None:
-        """The run's file for ``relative_path`` as Nexus holds it (size, and SHA-256 digest when
-        Delta computed one), or None when there is none or it is deprecated (withdrawn)."""
-        t = self._target(run, relative_path, None)
-        existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-        if existing is None or existing.get("_deprecated") is True:
-            return None
-        return _file_of(existing, t.ident, t.address)
-
-    def link_file(
-        self,
-        run: RunHeader,
-        relative_path: str,
-        s3_key: str,
-        media_type: str | None = None,
-        *,
-        size: int | None = None,
-    ) -> NexusFile:
-        """Register an object of the Nexus bucket (key relative to the bucket's root) as the
-        run's file for ``relative_path``; idempotent by the file id and the key (and ``size``,
-        when given: an object that changed is linked again). A key that is not in the bucket
-        is ``SyncIncomplete``."""
-        t = self._target(run, relative_path, media_type)
-        return self._put_file(
-            t,
-            "linked",
-            send=lambda rev: self._send_link(t, rev, s3_key),
-            holds_it=lambda current: (
-                _links_to(current, s3_key) and (size is None or current.get("_bytes") == size)
-            ),
-            written=lambda body: _file_of(body, t.ident, t.address),
-            refused=lambda answer: self._link_refused(t, answer, s3_key),
+        self.nexus.each(lambda ident: self.nexus.deprecate(org, project, ident), entities)
+        self.nexus.each(
+            lambda ident: self.nexus.deprecate_file(org, project, ident + "/file"), entities
         )
-
-    # ================================================================ the documents
-
-    def activity_document(
-        self, provenance: RunProvenance, entities: Sequence[str]
-    ) -> dict[str, Any]:
-        header = provenance.header
-        request = header.request
-        act = self.activity_id(header.project, header.run_id)
-        configuration: dict[str, Any] = {
-            "@id": f"{act}/configuration",
-            "@type": ["Entity", "RunConfiguration"],
-            "kind": request.kind,
-            "requestDigest": {"algorithm": "SHA-256", "value": request.digest()},
-        }
-        if request.command is not None:
-            configuration["command"] = list(request.command)
-        if request.script is not None:
-            script_digest = hashlib.sha256(request.script.encode()).hexdigest()
-            configuration["scriptDigest"] = {"algorithm": "SHA-256", "value": script_digest}
-        resources = request.resources.model_dump(exclude_none=True)
-        configuration.update({_camel(k): v for k, v in sorted(resources.items())})
-        if request.metadata:
-            configuration["metadata"] = json.dumps(request.metadata, sort_keys=True)
-        used: list[Any] = [configuration]
-        for ref in request.inputs:
-            if ref.startswith(("https://", "http://")):
-                used.append({"@id": ref})
-            else:
-                used.append(
-                    {
-                        "@type": "Entity",
-                        "name": posixpath.basename(ref) or ref,
-                        "clusterName": provenance.cluster_name,
-                        "clusterPath": ref,
-                    }
-                )
-        document: dict[str, Any] = {
-            "@context": CONTEXT,
-            "@id": act,
-            "@type": ["Activity", "WorkflowExecution"],
-            "name": request.name or f"{request.kind} {header.run_id}",
-            "runId": header.run_id,
-            "virtualLabId": header.project.virtual_lab_id,
-            "projectId": header.project.project_id,
-            "status": "Done",
-            "startedAtTime": _iso(provenance.started_at),
-            "endedAtTime": _iso(provenance.ended_at),
-            "wasAssociatedWith": {
-                "@id": self.settings.service_agent,
-                "@type": ["Agent", "SoftwareAgent"],
-                "name": "obp-workflow",
-            },
-            "wasAttributedTo": {
-                "@id": self._user(header),
-                "@type": ["Agent", "Person"],
-                "identifier": header.requested_by.subject,
-                "name": header.requested_by.username,
-            },
-            "used": used,
-            "generated": list(entities),
-            "clusterName": provenance.cluster_name,
-            "jobId": provenance.job_id,
-            "elapsed": _duration(provenance.started_at, provenance.ended_at),
-            "syncKind": provenance.outcome.kind,
-        }
-        if provenance.exit_code is not None:
-            document["exitCode"] = provenance.exit_code
-        if provenance.accounting is not None:
-            document["slurmAccounting"] = _accounting(provenance.accounting)
-        return document
-
-    def entity_document(
-        self,
-        provenance: RunProvenance,
-        file: SyncedFile,
-        org: str,
-        project: str,
-        linked: NexusFile | None = None,
-    ) -> dict[str, Any]:
-        """The output's entity; ``linked``: the Nexus file its S3 object was linked as (the
-        distribution is then that file, at the object's S3 location)."""
-        header = provenance.header
-        name = posixpath.basename(file.relative_path)
-        download: dict[str, Any] = {
-            "@type": "DataDownload",
-            "name": name,
-            "encodingFormat": media_type_of(file.relative_path),
-            "contentSize": {"unitCode": "bytes", "value": file.size},
-            "contentUrl": self._content_url(file.location, org, project),
-        }
-        digest = file.digest
-        if linked is not None:
-            download["contentUrl"] = linked.address
-            download["atLocation"] = {"@type": "Location", "location": file.location}
-            digest = linked.digest or digest
-        if digest:
-            algorithm, _, value = digest.partition(":")
-            if value:
-                download["digest"] = {
-                    "algorithm": _ALGORITHMS.get(algorithm.lower(), algorithm.upper()),
-                    "value": value,
-                }
-        return {
-            "@context": CONTEXT,
-            "@id": self.entity_id(header.project, header.run_id, file.relative_path),
-            "@type": ["Entity", "Dataset"],
-            "name": name,
-            "relativePath": file.relative_path,
-            "runId": header.run_id,
-            "wasGeneratedBy": self.activity_id(header.project, header.run_id),
-            "wasAttributedTo": self._user(header),
-            "distribution": download,
-        }
+        self.nexus.deprecate(org, project, act)
 
     # ================================================================ plumbing
 
-    def _link_outputs(
-        self, header: RunHeader, files: Sequence[SyncedFile]
-    ) -> list[NexusFile | None]:
-        """Link every output of the Nexus data bucket (in parallel); outputs that cannot be
-        linked are named together in one ``SyncIncomplete``."""
-        results: list[NexusFile | None] = [None] * len(files)
-        offending: list[str] = []
-        reasons: list[str] = []
-
-        def link(index: int) -> None:
-            try:
-                results[index] = self._link_output(header, files[index])
-            except SyncIncomplete as exc:
-                offending.extend(exc.offending)
-                reasons.append(exc.message)
-
-        self._each(link, [i for i, f in enumerate(files) if self.settings.storage_key(f.location)])
-        if offending:
-            raise SyncIncomplete(sorted(offending), "; ".join(sorted(reasons)))
-        return results
-
-    def _link_output(self, header: RunHeader, file: SyncedFile) -> NexusFile | None:
-        """Link an output in the Nexus data bucket (``s3_storage_bucket``) as the run's Nexus
-        file; None for an output elsewhere (recorded by its location only). An object that
-        is not in the bucket, or not of the size synchronised, is ``SyncIncomplete``."""
-        key = self.settings.storage_key(file.location)
-        if key is None:
-            return None
-        linked = self.link_file(header, file.relative_path, key, size=file.size)
-        if linked.size != file.size:
-            raise SyncIncomplete(
-                [file.relative_path],
-                f"{file.relative_path}: the object {key!r} holds {linked.size} bytes, not the "
-                f"{file.size} bytes that were synchronised",
-            )
-        return linked
-
     def _user(self, header: RunHeader) -> str:
         """The requesting user as Nexus names users (its preferred_username in the realm)."""
-        username = quote(header.requested_by.username, safe="")
-        return f"{self.settings.base}/realms/{self.settings.realm}/users/{username}"
+        return user_iri(self.settings.base, self.settings.realm, header.requested_by.username)
 
     def _content_url(self, location: str, org: str, project: str) -> str:
         if location.startswith(("s3://", f"{self.settings.base}/files/")):
             return location
         return self.nexus.file_address(org, project, location)  # a Nexus file id
-
-    def _each(self, work: Callable[[_T], object], items: Sequence[_T]) -> None:
-        """Do ``work`` on every item (in parallel); then raise the first failure, if any."""
-        if self.settings.concurrency == 1 or len(items) < 2:
-            for item in items:
-                work(item)
-            return
-        with ThreadPoolExecutor(min(self.settings.concurrency, len(items))) as pool:
-            futures = [pool.submit(work, item) for item in items]
-        for future in futures:
-            future.result()
-
-    def _target(self, run: RunHeader, relative_path: str, media_type: str | None) -> _Target:
-        org, project = self.project_for(run.project)
-        ident = self.file_id(run.project, run.run_id, relative_path)
-        return _Target(
-            org,
-            project,
-            ident,
-            run,
-            relative_path,
-            media_type or media_type_of(relative_path),
-            self.nexus.file_address(org, project, ident),
-        )
-
-    def _put_file(
-        self,
-        t: _Target,
-        verb: str,
-        *,
-        send: Callable[[int | None], Answer],
-        holds_it: Callable[[dict[str, Any]], bool],
-        written: Callable[[Any], NexusFile],
-        refused: Callable[[Answer], Exception],
-    ) -> NexusFile:
-        """Create the run's file, or update it at its current revision unless it already
-        ``holds_it``: ``ResourceAlreadyExists`` reads it, ``IncorrectRev`` reads it again."""
-        existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-        if existing is None:
-            answer = send(None)
-            if answer.status == 201:
-                return written(answer.body)
-            if not answer.is_(409, "ResourceAlreadyExists"):
-                raise refused(answer)
-            existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-        for _ in range(self.settings.max_conflicts):
-            current = t.usable(existing)
-            if holds_it(current):
-                return _file_of(current, t.ident, t.address)
-            answer = send(_rev(current, t.ident))
-            if answer.status == 200:
-                return written(answer.body)
-            if not answer.is_(409, "IncorrectRev"):
-                raise refused(answer)
-            existing = self.nexus.file_metadata(t.org, t.project, t.ident)
-        raise ServiceUnavailable(f"Nexus file {t.ident} kept changing while it was {verb}")
-
-    def _send_file(self, t: _Target, rev: int | None, source: _Source) -> Answer:
-        boundary = secrets.token_hex(16)
-        head = (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="file"; filename="{_quoted(t.name)}"\r\n'
-            f"Content-Type: {t.media}\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
-
-        def body() -> Iterator[bytes]:
-            yield head
-            yield from source.chunks()
-            yield tail
-
-        return self.nexus.request(
-            "PUT",
-            self.nexus.file_url(t.org, t.project, t.ident),
-            params=_params(rev, self.settings.upload_storage),
-            body=body,
-            headers={
-                "Content-Type": f"multipart/form-data; boundary={boundary}",
-                "Content-Length": str(len(head) + source.size + len(tail)),
-                "x-nxs-file-content-length": str(source.size),
-                "x-nxs-file-metadata": json.dumps(t.metadata(), separators=(",", ":")),
-            },
-            timeout=self.settings.file_timeout,
-            doing=t.doing("upload"),
-        )
-
-    def _send_link(self, t: _Target, rev: int | None, s3_key: str) -> Answer:
-        if self.settings.link_mode == "link":
-            url = self.nexus.link_url(t.org, t.project, t.ident)
-            payload: dict[str, Any] = {"path": s3_key, "mediaType": t.media}
-            payload["metadata"] = t.metadata()
-        else:
-            url = self.nexus.file_url(t.org, t.project, t.ident)
-            payload = {"path": s3_key, "filename": t.name, "mediaType": t.media}
-        return self.nexus.request(
-            "PUT",
-            url,
-            params=_params(rev, self.settings.s3_storage),
-            json_body=payload,
-            timeout=self.settings.file_timeout,
-            doing=t.doing("link"),
-        )
-
-    def _uploaded(self, t: _Target, body: Any, source: _Source, known: str | None) -> NexusFile:
-        if not isinstance(body, dict):
-            raise ServiceUnavailable(f"Nexus answered without JSON to {t.doing('upload')}")
-        stored = _stored_sha256(body)
-        sent = source.sent_sha256 or known
-        if body.get("_bytes") != source.size or (stored is not None and stored != sent):
-            raise SyncIncomplete(
-                [t.relative_path],
-                f"{t.relative_path}: Nexus stored {body.get('_bytes')} bytes with SHA-256 "
-                f"{stored}, not the {source.size} bytes with SHA-256 {sent} that were sent",
-            )
-        return _file_of(body, t.ident, t.address)
-
-    def _link_refused(self, t: _Target, answer: Answer, s3_key: str) -> Exception:
-        if answer.type == "FileNotFound" and 400 <= answer.status < 500:
-            return SyncIncomplete(
-                [t.relative_path],
-                f"{t.relative_path}: the object {s3_key!r} is not in the storage's bucket "
-                f"({answer.describe()})",
-            )
-        refusal = self.nexus.refused(answer, t.doing(f"link ({self.settings.link_mode})"))
-        if (
-            answer.status in (404, 405)
-            and self.settings.link_mode == "link"
-            and answer.type not in ("ProjectNotFound", "StorageNotFound")
-        ):
-            return NexusRefusal(
-                f"{refusal.message}; Delta before 1.10 has no /v1/link/files: set "
-                "link_mode='legacy-files' for it",
-                answer.status,
-                answer.type,
-            )
-        return refusal
-
-
-@dataclass(frozen=True)
-class _Target:
-    """The Nexus file a run's output becomes."""
-
-    org: str
-    project: str
-    ident: str
-    run: RunHeader
-    relative_path: str
-    media: str
-    address: str
-
-    @property
-    def name(self) -> str:
-        return posixpath.basename(self.relative_path)
-
-    def doing(self, verb: str) -> str:
-        return f"{verb} {self.relative_path} of run {self.run.run_id}"
-
-    def metadata(self) -> dict[str, Any]:
-        """The file's custom metadata (``x-nxs-file-metadata``, or ``metadata`` of a link)."""
-        return {
-            "name": self.name,
-            "description": f"Output {self.relative_path} of run {self.run.run_id}",
-            "keywords": {
-                "runId": self.run.run_id,
-                "relativePath": self.relative_path,
-                "virtualLabId": self.run.project.virtual_lab_id,
-                "projectId": self.run.project.project_id,
-            },
-        }
-
-    def usable(self, existing: dict[str, Any] | None) -> dict[str, Any]:
-        """The file found at this id, if it may be written again."""
-        where = f"{self.org}/{self.project}"
-        if existing is None:
-            raise NexusRefusal(
-                f"Nexus said file {self.ident} exists in {where} but cannot read it",
-                404,
-                "FileNotFound",
-            )
-        if existing.get("_deprecated") is True:
-            raise NexusRefusal(
-                f"file {self.ident} is deprecated (withdrawn) in Nexus project {where}; it is "
-                "not written again",
-                400,
-                "FileIsDeprecated",
-            )
-        return existing
-
-
-# ==================================================================== helpers
-
-
-def _ids_of(value: object) -> list[str]:
-    """Ids from a JSON-LD value: a string, a node ``{"@id"}``, or a list of them (Delta
-    compacts a one-element list to its element)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        found = value.get("@id")
-        return [found] if isinstance(found, str) else []
-    if isinstance(value, list):
-        return [i for v in value for i in _ids_of(v)]
-    return []
-
-
-def _accounting(record: JobAccounting) -> dict[str, Any]:
-    """The scheduler's record of the job: what it allocated and how the job ended."""
-    found: dict[str, Any] = {
-        "@type": "SlurmAccounting",
-        "jobId": record.job_id,
-        "state": record.state.value,
-        "nodes": record.nodes,
-        "nodeList": record.node_list or None,
-        "exitCode": record.exit_code,
-        "signal": record.signal,
-        "elapsed": None if record.elapsed_seconds is None else f"PT{record.elapsed_seconds}S",
-        "start": record.started,
-        "end": record.ended,
-    }
-    return {name: value for name, value in found.items() if value is not None}
-
-
-def _rev(metadata: Mapping[str, Any], ident: str) -> int:
-    rev = metadata.get("_rev")
-    if not isinstance(rev, int):
-        raise ServiceUnavailable(f"Nexus described file {ident} without a revision")
-    return rev
-
-
-def _stored_sha256(metadata: Mapping[str, Any]) -> str | None:
-    digest = metadata.get("_digest")
-    if not isinstance(digest, dict) or digest.get("_algorithm") != "SHA-256":
-        return None
-    value = digest.get("_value")
-    return value.lower() if isinstance(value, str) and value else None
-
-
-def _hex_of(digest: str | None) -> str | None:
-    if digest is None:
-        return None
-    algorithm, _, value = digest.partition(":")
-    return value.lower() if algorithm.lower() == "sha256" and value else None
-
-
-def _file_of(metadata: Any, ident: str, address: str) -> NexusFile:
-    if not isinstance(metadata, dict):
-        raise ServiceUnavailable(f"Nexus described file {ident} without JSON")
-    stored = _stored_sha256(metadata)
-    digest = f"sha256:{stored}" if stored else None
-    size = metadata.get("_bytes")
-    return NexusFile(
-        id=str(metadata.get("@id") or ident),
-        rev=_rev(metadata, ident),
-        address=str(metadata.get("_self") or address),
-        location=str(metadata.get("_location") or ""),
-        size=size if isinstance(size, int) else -1,
-        digest=digest,
-        filename=str(metadata.get("_filename") or ""),
-        media_type=media if isinstance(media := metadata.get("_mediaType"), str) else None,
-    )
-
-
-def _links_to(metadata: Mapping[str, Any], s3_key: str) -> bool:
-    """Whether the file is the object at ``s3_key`` (Delta >= 1.10 writes the key as
-    ``_location``; older ones a URL of the object, which ends with it)."""
-    location = str(metadata.get("_location") or "")
-    return location == s3_key or location.endswith("/" + s3_key)
-
-
-def _params(rev: int | None, storage: str | None) -> dict[str, str] | None:
-    params = {}
-    if rev is not None:
-        params["rev"] = str(rev)
-    if storage:
-        params["storage"] = storage
-    return params or None
-
-
-def _quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
-def _iso(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _duration(start: datetime, end: datetime) -> str:
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
-    if end.tzinfo is None:
-        end = end.replace(tzinfo=UTC)
-    seconds = max(0.0, (end - start).total_seconds())
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"PT{text}S"

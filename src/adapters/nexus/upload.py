@@ -31,13 +31,14 @@ from obp_workflow.ports.cluster import ClusterGateway
 from obp_workflow.ports.sync import DataSynchronizer, SyncStart
 
 from .client import NexusRefusal
-from .graph import NexusFile
+from .files import NexusFile
 
 log = logging.getLogger(__name__)
 
 
 class NexusFiles(Protocol):
-    """What the synchronizer needs of the knowledge graph (``NexusKnowledgeGraph`` has it)."""
+    """What the synchronizer needs of the run's Nexus files (``files.NexusRunFiles`` has it,
+    and so has ``NexusKnowledgeGraph``)."""
 
     def file_info(self, run: RunHeader, relative_path: str) -> NexusFile | None: ...
 

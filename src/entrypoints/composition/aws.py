@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from obp_workflow.adapters.keycloak.verifier import KeycloakSettings, KeycloakTokenVerifier
     from obp_workflow.adapters.nexus.client import NexusSettings
     from obp_workflow.adapters.nexus.graph import NexusKnowledgeGraph
-    from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner, ProvisionerSettings
+    from obp_workflow.adapters.provisioner.description import ProvisionerSettings
+    from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner
     from obp_workflow.adapters.ssh.connection import PoolSettings
     from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway
     from obp_workflow.adapters.sync.lustre_hsm import HsmSettings
@@ -73,7 +74,7 @@ def ecs_config(settings: Settings) -> EcsTaskConfig:
 
 
 def provisioner_settings(settings: Settings) -> ProvisionerSettings:
-    from obp_workflow.adapters.provisioner.http import ProvisionerSettings
+    from obp_workflow.adapters.provisioner.description import ProvisionerSettings
 
     return ProvisionerSettings(
         include_lustre=settings.provisioner_include_lustre,
@@ -166,7 +167,8 @@ def object_store(settings: Settings, session: boto3.session.Session) -> ObjectSt
 def cluster_provisioner(
     settings: Settings, session: boto3.session.Session, secret_store: SecretStore
 ) -> HttpClusterProvisioner:
-    from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner, host_key_from_secrets
+    from obp_workflow.adapters.provisioner.description import host_key_from_secrets
+    from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner
 
     return HttpClusterProvisioner.from_session(
         settings.provisioner_url or "",
