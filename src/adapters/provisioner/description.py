@@ -1,8 +1,8 @@
 """A cluster as the ParallelCluster Provisioner describes it, read as the domain's words.
 
 Pure: no HTTP, no AWS SDK. The description is ParallelCluster's DescribeCluster object, flat,
-plus ``vlab_id``, ``project_id`` and ``clusterFsxId`` (the GET answer, ``external-contracts.md``
-section 1); ``status_of`` makes a ``ProvisioningStatus`` of it, with a ``ClusterHandle`` when the
+plus ``vlab_id``, ``project_id`` and ``clusterFsxId`` (the GET answer,
+``docs/external-contracts.md`` section 1); ``status_of`` makes a ``ProvisioningStatus`` of it, with a ``ClusterHandle`` when the
 cluster is READY. ``ProvisionerSettings`` say how to read it (head node address, users, key
 references, storage) and, for the client, how to call the provisioner.
 
