@@ -3,8 +3,9 @@
 Pure: no HTTP, no AWS SDK. The description is ParallelCluster's DescribeCluster object, flat,
 plus ``vlab_id``, ``project_id`` and ``clusterFsxId`` (the GET answer,
 ``docs/external-contracts.md`` section 1); ``status_of`` makes a ``ProvisioningStatus`` of it,
-with a ``ClusterHandle`` when the cluster is READY. ``ProvisionerSettings`` say how to read it (head node address, users, key
-references, storage) and, for the client, how to call the provisioner.
+with a ``ClusterHandle`` when the cluster is READY. ``ProvisionerSettings`` say how to read it
+(head node address, users, key references, storage) and, for the client, how to call the
+provisioner.
 
 Statuses (``clusterStatus``) and what ``describe`` makes of them (the two 404 rows are the
 client's, ``http.py``: they depend on its own POST):
