@@ -116,8 +116,8 @@ class Pipeline:
         return self.monitor.cycle(project)
 
     def unfinished(self, project: ProjectRef | None = None) -> list[RunBrief]:
-        """Every unfinished run (of one project, or of all), light."""
-        return [run.brief() for run in self.run_repository.list_active(project)]
+        """Every unfinished run (of one project, or of all), light: no run is read whole."""
+        return list(self.run_repository.list_active(project))
 
     def sweep(self, project: ProjectRef | None = None) -> list[tuple[ProjectRef, str]]:
         """One round: a monitor cycle, then one step for every run a step can move. What

@@ -17,6 +17,7 @@ from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import Requester, RunEvent, RunHeader, RunState, SimulationRun
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 SCHEMA_VERSION = 1
 
@@ -119,12 +120,12 @@ def loads_stored(text: str | bytes, project: ProjectRef, run_id: str) -> Simulat
 
 def intact(
     items: Iterable[_T],
-    load: Callable[[_T], SimulationRun],
+    load: Callable[[_T], _R],
     damaged: Callable[[CorruptRecord], None],
-) -> list[SimulationRun]:
-    """The runs of ``items`` that load; each that does not is reported to ``damaged`` and
-    left out, so one damaged record never hides the others from a listing."""
-    runs = []
+) -> list[_R]:
+    """The runs (or briefs) of ``items`` that load; each that does not is reported to
+    ``damaged`` and left out, so one damaged record never hides the others from a listing."""
+    runs: list[_R] = []
     for item in items:
         try:
             runs.append(load(item))

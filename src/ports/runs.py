@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.run import JobWatch, RunState, SimulationRun
+from obp_workflow.core.run import JobWatch, RunBrief, RunState, SimulationRun
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,12 @@ class RunRepository(Protocol):
         filter: a cursor from elsewhere is InvalidRequest."""
 
     @abstractmethod
-    def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
-        """Every run not yet terminal (of one project, or of all)."""
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[RunBrief]:
+        """``run.brief()`` of every run not yet terminal, as of its last save: a light
+        projection, read without loading the runs. A worker asks for its own project (cheap
+        whatever the number of projects); all projects at once is for operators and tests."""
 
     @abstractmethod
     def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
-        """``run.watch()`` of every run that has a job to watch, as of its last save."""
+        """``run.watch()`` of every run that has a job to watch, as of its last save (of one
+        project, or, for operators and tests, of all)."""

@@ -93,8 +93,12 @@ def test_the_sparse_indexes_hold_only_active_and_watched_runs(
         return list(answer["Items"])
 
     queued = RUN_PREFIX + runs[RunState.QUEUED].run_id
-    assert [i["sk"]["S"] for i in index_items(ACTIVE_INDEX, "active_pk", "ACTIVE")] == [queued]
-    [watched] = index_items(WATCHED_INDEX, "watch_pk", "WATCHED")
+    # Both sparse indexes are keyed by project: a worker reads its own partition only.
+    [active] = index_items(ACTIVE_INDEX, "active_pk", PROJECT_A.key)
+    assert active["sk"]["S"] == queued
+    assert "record" not in active  # a round reads no record either
+    assert active["state"]["S"] == "QUEUED"
+    [watched] = index_items(WATCHED_INDEX, "watch_pk", PROJECT_A.key)
     assert watched["sk"]["S"] == queued
     assert "record" not in watched  # a monitor cycle reads no record
 

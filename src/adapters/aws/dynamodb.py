@@ -8,11 +8,15 @@ Items of the table (partition key ``pk``, sort key ``sk``):
   ``state``, ``version`` (the optimistic concurrency token), ``created_at``, ``schema``,
   ``idem`` (its idempotency key, if any), and the keys of three indexes:
   ``gsi1pk``/``gsi1sk`` = project / position (creation instant in UTC, then run id) for
-  listing a project's runs newest first; ``active_pk``/``active_sk``, present only while the
-  run is not terminal; ``watch_pk``/``watch_sk`` with ``watch_job``, ``watch_raw``,
-  ``watch_stale`` (the run's ``JobWatch``), present only while the run has a job to watch.
-  The last two indexes are sparse: ``list_active()`` and ``list_watched()`` across every
-  project are one query each, and a monitor cycle reads no record at all.
+  listing a project's runs newest first; ``active_pk``/``active_sk`` = project / run id,
+  present only while the run is not terminal (the index projects ``state`` and ``watch_job``:
+  a ``RunBrief``, never the record); ``watch_pk``/``watch_sk`` = project / run id with
+  ``watch_job``, ``watch_raw``, ``watch_stale`` (the run's ``JobWatch``), present only while the
+  run has a job to watch. The last two indexes are sparse and keyed by project: a worker's
+  ``list_active(project)`` and ``list_watched(project)`` are one query of its own partition
+  each, reading no record, whatever the number of projects (``docs/architecture.md``, "The
+  runs table at 1,000 projects"); the listings across every project scan an index and are for
+  operators and tests.
 - an idempotency key: ``pk`` = project key, ``sk`` = ``idem#`` + key, ``run_id``. It is
   written in one transaction with its run, each conditioned on ``attribute_not_exists``: a
   taken key is IdempotencyConflict, an existing run id is Conflict, and neither is ever half
@@ -57,7 +61,7 @@ from obp_workflow.core.errors import (
 )
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.records import SCHEMA_VERSION, dumps, intact, loads_stored
-from obp_workflow.core.run import JobWatch, RunState, SimulationRun
+from obp_workflow.core.run import JobWatch, RunBrief, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
 if TYPE_CHECKING:
@@ -67,6 +71,7 @@ if TYPE_CHECKING:
         CreateTableInputTypeDef,
         GlobalSecondaryIndexTypeDef,
         QueryInputTypeDef,
+        ScanInputTypeDef,
         TransactWriteItemTypeDef,
     )
 
@@ -79,8 +84,6 @@ ACTIVE_INDEX = "active"
 WATCHED_INDEX = "watched"
 #: What the watched index holds besides its keys: the ``JobWatch``, and no record.
 WATCH_ATTRIBUTES = ("watch_job", "watch_raw", "watch_stale")
-_ACTIVE = "ACTIVE"
-_WATCHED = "WATCHED"
 #: DynamoDB's limit on a sort key value, in bytes.
 _MAX_SORT_KEY = 1024
 #: How often a transaction cancelled by a concurrent one (TransactionConflict) is tried.
@@ -122,7 +125,7 @@ def table_schema(table_name: str) -> CreateTableInputTypeDef:
         ],
         "GlobalSecondaryIndexes": [
             index(BY_PROJECT_INDEX, ("gsi1pk", "gsi1sk"), ["record", "state"]),
-            index(ACTIVE_INDEX, ("active_pk", "active_sk"), ["record"]),
+            index(ACTIVE_INDEX, ("active_pk", "active_sk"), ["state", "watch_job"]),
             index(WATCHED_INDEX, ("watch_pk", "watch_sk"), [*WATCH_ATTRIBUTES]),
         ],
     }
@@ -331,34 +334,44 @@ class DynamoRunRepository(RunRepository):
             raise CorruptRecord(f"run {runs[-1].run_id} has no list position")
         return Page(runs, encode_cursor(project, states, position))
 
-    def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
-        query = self._sparse_query(ACTIVE_INDEX, "active_pk", "active_sk", _ACTIVE, project)
-        return intact(
-            self._query(query, "listing the active runs"),
-            lambda item: _run(item, _project(item), _run_id(item)),
-            _skipped,
-        )
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[RunBrief]:
+        items = self._sparse(ACTIVE_INDEX, "active_pk", project, "listing the active runs")
+        return intact(items, _brief, _skipped)
 
     def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
-        query = self._sparse_query(WATCHED_INDEX, "watch_pk", "watch_sk", _WATCHED, project)
-        return [_watch(item) for item in self._query(query, "listing the watched runs")]
+        items = self._sparse(WATCHED_INDEX, "watch_pk", project, "listing the watched runs")
+        return [_watch(item) for item in items]
 
     # ---------------------------------------------------------------- machinery
 
-    def _sparse_query(
-        self, index: str, hash_key: str, range_key: str, value: str, project: ProjectRef | None
-    ) -> QueryInputTypeDef:
-        condition = f"{hash_key} = :all"
-        values: dict[str, AttributeValueTypeDef] = {":all": {"S": value}}
-        if project is not None:
-            condition += f" AND begins_with({range_key}, :project)"
-            values[":project"] = {"S": project.key + "|"}
-        return {
-            "TableName": self.table_name,
-            "IndexName": index,
-            "KeyConditionExpression": condition,
-            "ExpressionAttributeValues": values,
-        }
+    def _sparse(
+        self, index: str, hash_key: str, project: ProjectRef | None, doing: str
+    ) -> Iterator[Item]:
+        """One project's part of a sparse index (a query of its own partition), or every
+        project's (a scan of the index: for operators and tests, never a worker's round)."""
+        if project is None:
+            yield from self._scan(index, doing)
+            return
+        yield from self._query(
+            {
+                "TableName": self.table_name,
+                "IndexName": index,
+                "KeyConditionExpression": f"{hash_key} = :project",
+                "ExpressionAttributeValues": {":project": {"S": project.key}},
+            },
+            doing,
+        )
+
+    def _scan(self, index: str, doing: str) -> Iterator[Item]:
+        scan: ScanInputTypeDef = {"TableName": self.table_name, "IndexName": index}
+        while True:
+            with self._aws(doing):
+                answer = self._client.scan(**scan)
+            yield from answer.get("Items", [])
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                return
+            scan["ExclusiveStartKey"] = start
 
     def _query(self, query: QueryInputTypeDef, doing: str) -> Iterator[Item]:
         """Every item the query matches, page after page."""
@@ -404,12 +417,12 @@ def _item(run: SimulationRun) -> Item:
     if run.header.idempotency_key is not None:
         item["idem"] = {"S": run.header.idempotency_key}
     if not run.terminal:
-        item["active_pk"] = {"S": _ACTIVE}
-        item["active_sk"] = {"S": f"{project}|{run.run_id}"}
+        item["active_pk"] = {"S": project}
+        item["active_sk"] = {"S": run.run_id}
     watch = run.watch()
     if watch is not None:
-        item["watch_pk"] = {"S": _WATCHED}
-        item["watch_sk"] = {"S": f"{project}|{run.run_id}"}
+        item["watch_pk"] = {"S": project}
+        item["watch_sk"] = {"S": run.run_id}
         item["watch_job"] = {"S": watch.job_id}
         item["watch_stale"] = {"BOOL": watch.stale}
         if watch.last_raw is not None:
@@ -489,6 +502,15 @@ def _record_of(item: Item, run_id: str) -> str | bytes | None:
     if inflate.unconsumed_tail or not inflate.eof:
         raise CorruptRecord(f"run {run_id}: the compressed record is damaged or too large")
     return data
+
+
+def _brief(item: Item) -> RunBrief:
+    run_id = _run_id(item)
+    state = _text(item, "state")
+    try:
+        return RunBrief(_project(item), run_id, RunState(state), "watch_job" in item)
+    except ValueError:
+        raise CorruptRecord(f"run {run_id} has an unreadable state {state!r:.40}") from None
 
 
 def _watch(item: Item) -> JobWatch:

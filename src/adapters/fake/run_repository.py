@@ -14,8 +14,8 @@ from obp_workflow.core.errors import (
     NotFound,
 )
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.records import dumps, intact, loads
-from obp_workflow.core.run import ACTIVE_STATES, JobWatch, RunState, SimulationRun
+from obp_workflow.core.records import dumps, loads
+from obp_workflow.core.run import ACTIVE_STATES, JobWatch, RunBrief, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
 from .faults import Faults
@@ -26,6 +26,7 @@ class FakeRunRepository(RunRepository):
         self._records: dict[tuple[ProjectRef, str], str] = {}
         self._keys: dict[tuple[ProjectRef, str], str] = {}
         self._watches: dict[tuple[ProjectRef, str], JobWatch] = {}
+        self._briefs: dict[tuple[ProjectRef, str], RunBrief] = {}
         self._lock = threading.Lock()
         self.faults = Faults()
 
@@ -99,17 +100,19 @@ class FakeRunRepository(RunRepository):
         more = len(runs) > limit
         return Page(page, encode_cursor(project, states, position(page[-1])) if more else None)
 
-    def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[RunBrief]:
         with self._lock:
-            records = [r for (p, _), r in self._records.items() if project in (None, p)]
-        runs = intact(records, loads, lambda exc: None)  # the fake reports nothing
-        return [run for run in runs if run.state in ACTIVE_STATES]
+            return [b for (p, _), b in self._briefs.items() if project in (None, p)]
 
     def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
         with self._lock:
             return [w for (p, _), w in self._watches.items() if project in (None, p)]
 
     def _index(self, ident: tuple[ProjectRef, str], run: SimulationRun) -> None:
+        if run.state in ACTIVE_STATES:
+            self._briefs[ident] = run.brief()
+        else:
+            self._briefs.pop(ident, None)
         watch = run.watch()
         if watch is None:
             self._watches.pop(ident, None)

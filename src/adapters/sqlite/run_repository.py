@@ -38,7 +38,7 @@ from obp_workflow.core.errors import (
 )
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.records import dumps, intact, loads_stored
-from obp_workflow.core.run import JobWatch, RunState, SimulationRun
+from obp_workflow.core.run import JobWatch, RunBrief, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
 
 #: The layout of the file; a file written by a newer layout is refused, never misread.
@@ -95,7 +95,7 @@ ORDER BY position DESC LIMIT :limit
 #: Sorts after every position (a position starts with a digit): the first page's bound.
 _FIRST = "~"
 _ACTIVE = """
-SELECT project, run_id, CAST(record AS BLOB) FROM runs
+SELECT project, run_id, state, watch_job IS NOT NULL FROM runs
 WHERE active = 1 AND (:project IS NULL OR project = :project)
 ORDER BY project, position DESC
 """
@@ -183,10 +183,10 @@ class SqliteRunRepository(RunRepository):
         more = len(rows) > limit
         return Page(runs, encode_cursor(project, states, page[-1][1]) if more else None)
 
-    def list_active(self, project: ProjectRef | None = None) -> Sequence[SimulationRun]:
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[RunBrief]:
         with self._read() as conn:
             rows = conn.execute(_ACTIVE, {"project": project and project.key}).fetchall()
-        return intact(rows, lambda row: _run(row[2], _project(row[0]), row[1]), _skipped)
+        return intact(rows, lambda row: _brief(*row), _skipped)
 
     def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
         with self._read() as conn:
@@ -313,6 +313,13 @@ def _project(key: object) -> ProjectRef:
         return ProjectRef.parse(virtual_lab_id, project_id)
     except (ValueError, InvalidRequest):
         raise CorruptRecord(f"a stored run has an unreadable project key {key!r:.80}") from None
+
+
+def _brief(key: object, run_id: object, state: object, watching: object) -> RunBrief:
+    try:
+        return RunBrief(_project(key), str(run_id), RunState(state), bool(watching))
+    except ValueError:
+        raise CorruptRecord(f"run {run_id!r:.100} has an unreadable state {state!r:.40}") from None
 
 
 def _watch(key: object, run_id: object, job: object, raw: object, stale: object) -> JobWatch:
