@@ -175,7 +175,8 @@ class Pipeline:
             )
 
     def _submit(self, t: Tracked) -> None:
-        """Exactly once: intent persisted, job tagged, lookup by tag before any retry."""
+        """Exactly once: intent persisted, job tagged, lookup by tag before any retry, and an
+        attempt in flight elsewhere waited for (its lease) rather than repeated."""
         run = t.run
         cluster = self.clusters.cluster_of(run.project)
         if run.submit_attempts > 0:
@@ -183,6 +184,9 @@ class Pipeline:
             if found is not None:
                 run.job_submitted(self.clock.now(), found, adopted=True)
                 return
+            pending = run.submission_pending_since()
+            if pending is not None and self.clock.now() - pending < self.policy.submit_lease:
+                return  # another process may be submitting it now: its job, or the lease's end
         if run.submit_unclear >= self.policy.max_submit_attempts:
             run.fail(
                 self.clock.now(),
@@ -195,6 +199,9 @@ class Pipeline:
         adopted = False
         try:
             job_id: str | None = self.cluster_gateway.submit(cluster, spec)
+        except ClusterUnreachable as exc:
+            run.record_submit_not_sent(self.clock.now(), exc.message)
+            raise  # the run goes STALE: nothing was submitted, the next step tries again
         except SubmissionUnclear:
             job_id = self.cluster_gateway.find_by_tag(cluster, run.header.tag)
             if job_id is None:

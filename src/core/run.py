@@ -304,6 +304,23 @@ class SimulationRun:
             {"submit_unclear": str(self.submit_unclear + 1)},
         )
 
+    def record_submit_not_sent(self, at: datetime, reason: str) -> None:
+        """A submission that never reached the scheduler (the cluster could not be reached):
+        it settles its attempt without counting as unconfirmed."""
+        self._require(RunState.SUBMITTING)
+        self._record(at, "submit-not-sent", self.state, f"the job was not submitted: {reason}")
+
+    def submission_pending_since(self) -> datetime | None:
+        """When the last submission attempt was recorded, if nothing has settled it since
+        (no job, no lost reply, no refusal to connect): some process may be submitting it
+        right now, or died doing so."""
+        for event in reversed(self.events):
+            if event.kind == "submit-attempt":
+                return event.at
+            if event.kind in ("submit-unclear", "submit-not-sent") or event.is_transition:
+                return None
+        return None
+
     def job_submitted(self, at: datetime, job_id: str, *, adopted: bool = False) -> None:
         self._require(RunState.SUBMITTING)
         if not job_id:

@@ -55,6 +55,7 @@ def policy_from(settings: Settings) -> ServicePolicy:
     return ServicePolicy(
         provisioning_timeout=timedelta(minutes=settings.provisioning_timeout_minutes),
         max_submit_attempts=settings.max_submit_attempts,
+        submit_lease=timedelta(seconds=settings.submit_lease_seconds),
         cluster_cache_ttl=timedelta(seconds=settings.cluster_cache_seconds),
         sync_limits=SyncLimits(
             direct_upload_max_file_bytes=settings.direct_upload_max_file_bytes,

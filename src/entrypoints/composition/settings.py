@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_submit_attempts: int = Field(
         5, ge=1, le=100, description="Unconfirmed submissions tried before a run fails."
     )
+    submit_lease_seconds: float = Field(
+        120,
+        ge=0,
+        le=3600,
+        description="How long a submission attempt without an outcome holds back another.",
+    )
     cluster_cache_seconds: int = Field(
         60, ge=0, le=3600, description="How long a cluster's description is reused."
     )
