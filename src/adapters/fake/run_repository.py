@@ -10,7 +10,9 @@ from obp_workflow.core.cursors import decode_cursor, encode_cursor, position
 from obp_workflow.core.errors import (
     Conflict,
     CorruptRecord,
+    FieldError,
     IdempotencyConflict,
+    InvalidRequest,
     NotFound,
 )
 from obp_workflow.core.identity import ProjectRef
@@ -85,6 +87,8 @@ class FakeRunRepository(RunRepository):
         cursor: str | None = None,
         limit: int = 50,
     ) -> Page:
+        if limit < 1:  # as the durable adapters do
+            raise InvalidRequest([FieldError("limit", "must be at least 1")])
         after = decode_cursor(cursor, project, states) if cursor else None
         with self._lock:
             records = [r for (p, _), r in self._records.items() if p == project]
