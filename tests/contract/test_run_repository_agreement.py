@@ -59,8 +59,8 @@ from hypothesis.stateful import (
 )
 
 from obp_workflow.adapters.aws.dynamodb import DynamoRunRepository, create_table
-from obp_workflow.adapters.fake.runs import InMemoryRunRepository
-from obp_workflow.adapters.local.sqlite import SqliteRunRepository
+from obp_workflow.adapters.fake.run_repository import FakeRunRepository
+from obp_workflow.adapters.sqlite.run_repository import SqliteRunRepository
 from obp_workflow.core.errors import DomainError, IllegalTransition
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.jobs import JobObservation, JobState
@@ -70,6 +70,7 @@ from obp_workflow.core.run import (
     JOB_STATES,
     TERMINAL_STATES,
     JobWatch,
+    RunBrief,
     RunHeader,
     RunState,
     SimulationRun,
@@ -257,9 +258,12 @@ def seen_page(page: Page) -> SeenPage:
     return SeenPage(tuple(Seen.of(r) for r in page.runs), page.next_cursor is not None)
 
 
-def seen_set(runs: Sequence[SimulationRun]) -> tuple[Seen, ...]:
-    """Runs of a listing whose order the port leaves open, in one order."""
-    return tuple(sorted((Seen.of(r) for r in runs), key=lambda s: (s.project, s.run_id)))
+def seen_briefs(briefs: Sequence[RunBrief]) -> tuple[tuple[str, str, str, bool], ...]:
+    return tuple(
+        sorted(
+            (NAME_OF.get(b.project.key, "?"), b.run_id, b.state.value, b.watching) for b in briefs
+        )
+    )
 
 
 def seen_watches(watches: Sequence[JobWatch]) -> tuple[tuple[str, str, str, str | None, bool], ...]:
@@ -303,7 +307,7 @@ Opener = Callable[[], Opened]
 
 
 def fake_opener() -> Opener:
-    return lambda: Opened("fake", InMemoryRunRepository(), lambda: None)
+    return lambda: Opened("fake", FakeRunRepository(), lambda: None)
 
 
 def sqlite_opener(root: Path) -> Opener:
@@ -526,7 +530,7 @@ class RepositoriesAgree(RuleBasedStateMachine):
     @rule(project=st.none() | projects)
     def list_active(self, project: str | None) -> None:
         ref = None if project is None else PROJECTS[project]
-        self.agree(f"list_active({project})", lambda a: seen_set(a.repo.list_active(ref)))
+        self.agree(f"list_active({project})", lambda a: seen_briefs(a.repo.list_active(ref)))
 
     @rule(project=st.none() | projects)
     def list_watched(self, project: str | None) -> None:
@@ -542,7 +546,7 @@ class RepositoriesAgree(RuleBasedStateMachine):
 
     @invariant()
     def the_same_runs_are_active(self) -> None:
-        self.agree("list_active(None)", lambda a: seen_set(a.repo.list_active()))
+        self.agree("list_active(None)", lambda a: seen_briefs(a.repo.list_active()))
 
     @invariant()
     def the_same_jobs_are_watched(self) -> None:
