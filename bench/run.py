@@ -8,6 +8,7 @@
    per command (what the legacy service did). Median and p95.
 2. The cost of one monitor cycle with 100, 1,000 and 10,000 active runs whose jobs are held on
    the test cluster: scheduler commands issued, wall time, and the service's own CPU time.
+3. The worker (bench/worker.py): a trivial job's latency from the POST, and 1,000 runs waiting.
 """
 
 from __future__ import annotations
@@ -318,6 +319,9 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--latency-samples", type=int, default=50)
     parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--worker-runs", type=int, default=20)
+    parser.add_argument("--worker-waiting", type=int, default=1000)
+    parser.add_argument("--worker-window", type=float, default=20.0)
     args = parser.parse_args()
     command = "make bench"
     if sys.argv[1:]:
@@ -326,8 +330,12 @@ def main() -> int:
     lat = latency(args.latency_samples)
     print("monitor cycle cost:")
     mon = monitor_cost(args.sizes, args.cycles)
+    print("the worker:")
+    from bench.worker import run_all as worker_section  # the stack's Slurm, a real luigid
+
+    worker = worker_section(args.worker_runs, args.worker_waiting, args.worker_window)
     print("lambda handlers:")
-    write_report(command, lat, mon, args.cycles, lambda_section())
+    write_report(command, lat, mon, args.cycles, [*worker, *lambda_section()])
     return 0
 
 

@@ -1,0 +1,310 @@
+"""The worker against the real test stack: latency of a trivial job, and the cost of waiting.
+
+    .venv/bin/python bench/worker.py [--runs 20] [--waiting 1000]     (the stack must be up)
+
+The service as one process: the local gateway (real HTTP, the API handler) and the worker
+(a thread, with its own luigid) over in-memory runs, with the real Slurm of the test stack
+reached over SSH (``SlurmClusterGateway``). Jobs have no outputs, so the sync is a direct upload
+of nothing and registration goes to the in-memory graph: what is measured is the worker's own
+overhead on top of the scheduler.
+
+1. Latency, one run at a time: POST -> the job's completion observed on the run (its SYNCING
+   event), and POST -> DONE; beside it the floor: ``sbatch`` on the head node then ``squeue``
+   every 0.1 s until the job has left the queue.
+2. Waiting: ``--waiting`` runs submitted at once while the partition is down (their jobs stay
+   PENDING): intake time (POST of all -> all QUEUED), then over a quiet window the worker's and
+   luigid's CPU, scheduler commands per poll and repository reads per poll; then the partition
+   comes up, every job completes, and each completion's delay to the run's next step is taken
+   from the accounting record (End, to the second) and the run's SYNCING event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.contract.harness_slurm import stack_cluster  # noqa: E402
+from tests.stack import slurm, stack  # noqa: E402
+
+from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner  # noqa: E402
+from obp_workflow.adapters.fake.run_repository import FakeRunRepository  # noqa: E402
+from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier  # noqa: E402
+from obp_workflow.adapters.ssh.connection import PoolSettings, SshPool  # noqa: E402
+from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway  # noqa: E402
+from obp_workflow.core.identity import Principal, ProjectRef, parse_groups  # noqa: E402
+from obp_workflow.core.run import RunBrief, RunState, SimulationRun  # noqa: E402
+from obp_workflow.entrypoints.composition.root import build  # noqa: E402
+from obp_workflow.entrypoints.composition.settings import load_settings  # noqa: E402
+from obp_workflow.entrypoints.local.gateway import make_server  # noqa: E402
+from obp_workflow.entrypoints.worker.process import Worker, WorkerConfig  # noqa: E402
+
+VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
+PROJECT = ProjectRef.parse(VLAB, "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20")
+TOKEN = "bench-token"
+ADA = Principal("bench", "bench", parse_groups([f"/proj/{VLAB}/{PROJECT.project_id}/member"]))
+#: The worker polls every 0.1 s here (the default is 1 s): its SSH query budget is raised to match.
+POLL = 0.1
+POOL = PoolSettings(queries_per_minute=6000, connects_per_minute=60)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+class CountingRuns(FakeRunRepository):
+    """The in-memory repository, counting whole-run reads and light listings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+        self.listings = 0
+
+    def get(self, project: ProjectRef, run_id: str) -> SimulationRun:
+        self.gets += 1
+        return super().get(project, run_id)
+
+    def list_active(self, project: ProjectRef | None = None) -> Sequence[RunBrief]:
+        self.listings += 1
+        return super().list_active(project)
+
+
+class Service:
+    def __init__(self) -> None:
+        cluster, secrets = stack_cluster()
+        self.pool = SshPool(secrets, POOL)
+        self.runs = CountingRuns()
+        self.container = build(
+            load_settings(),
+            run_repository=self.runs,
+            cluster_gateway=SlurmClusterGateway(self.pool),
+            cluster_provisioner=FakeClusterProvisioner(
+                ready_after=0, cluster_for=lambda _: cluster
+            ),
+            secret_store=secrets,
+            token_verifier=FakeTokenVerifier({TOKEN: ADA}),
+        )
+        self.gateway = make_server("127.0.0.1", 0, self.container)
+        threading.Thread(target=self.gateway.serve_forever, daemon=True).start()
+        self.worker = Worker(
+            PROJECT,
+            self.container.pipeline(),
+            self.runs,
+            self.container.instance_orchestrator(),
+            WorkerConfig(
+                threads=4, poll=POLL, sweep=30, provisioning_poll=POLL, idle=0, luigid_port=0
+            ),
+        )
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+        self.http = httpx.Client(base_url=self.gateway.url, timeout=30)
+        self.url = f"/v1/virtual-labs/{VLAB}/projects/{PROJECT.project_id}/runs"
+
+    def post(self, command: list[str]) -> tuple[str, datetime, float]:
+        at = datetime.now(UTC)
+        started = time.perf_counter()
+        answer = self.http.post(
+            self.url,
+            json={"command": command, "resources": {"time_limit_minutes": 5}},
+            headers={"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": uuid.uuid4().hex},
+        )
+        answer.raise_for_status()
+        return answer.json()["run_id"], at, time.perf_counter() - started
+
+    def run(self, run_id: str) -> SimulationRun:
+        return FakeRunRepository.get(self.runs, PROJECT, run_id)
+
+    def wait(
+        self, run_ids: Sequence[str], done: Callable[[SimulationRun], bool], limit: float
+    ) -> None:
+        deadline = time.monotonic() + limit
+        for run_id in run_ids:
+            while not done(self.run(run_id)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"run {run_id}: {self.run(run_id).states()}")
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.thread.join(30)
+        self.gateway.shutdown()
+        self.pool.close()
+
+
+def entered(run: SimulationRun, state: RunState) -> datetime:
+    return next(e.at for e in run.events if e.to_state is state and e.is_transition)
+
+
+def latency(service: Service, runs: int) -> dict[str, list[float]]:
+    completed, done, floor = [], [], []
+    for _ in range(runs):
+        run_id, posted, _ = service.post(["true"])
+        service.wait([run_id], lambda r: r.terminal, 120)
+        run = service.run(run_id)
+        assert run.state is RunState.DONE, (run.states(), run.failure_reason)
+        completed.append((entered(run, RunState.SYNCING) - posted).total_seconds())
+        done.append((entered(run, RunState.DONE) - posted).total_seconds())
+    user = stack().user("sim")
+    for _ in range(runs):
+        started = time.perf_counter()
+        job = (
+            subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    user,
+                    "--",
+                    "sbatch",
+                    "--parsable",
+                    "--output=/dev/null",
+                    "--chdir=/tmp",
+                    "--wrap",
+                    "true",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .split(";")[0]
+        )
+        while True:
+            state = slurm("squeue", "-h", "-j", job, "-o", "%T", check=False).strip()
+            if state in ("", "COMPLETED", "COMPLETING"):
+                break
+            time.sleep(0.1)
+        floor.append(time.perf_counter() - started)
+    return {"completed": completed, "done": done, "floor": floor}
+
+
+def luigid_cpu(service: Service) -> float:
+    process = service.worker.luigid.process
+    assert process is not None
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def waiting(service: Service, count: int, window: float) -> dict[str, float]:
+    partition = stack().partition
+    slurm("scontrol", "update", f"PartitionName={partition}", "State=DOWN")
+    try:
+        started = time.perf_counter()
+        posted = [service.post(["true"]) for _ in range(count)]
+        api = [p[2] for p in posted]
+        ids = [p[0] for p in posted]
+        service.wait(ids, lambda r: r.state is RunState.QUEUED, 600)
+        intake = time.perf_counter() - started
+        time.sleep(3)  # the builds of the last runs end
+        cpu, luigid, wall = time.process_time(), luigid_cpu(service), time.perf_counter()
+        sent, gets, listings = (
+            service.pool.commands_sent(),
+            service.runs.gets,
+            service.runs.listings,
+        )
+        time.sleep(window)
+        wall = time.perf_counter() - wall
+        polls = service.runs.listings - listings
+        result = {
+            "count": count,
+            "intake": intake,
+            "api_p50": statistics.median(api),
+            "api_p99": percentile(api, 99),
+            "cpu": (time.process_time() - cpu) / wall,
+            "luigid_cpu": (luigid_cpu(service) - luigid) / wall,
+            "commands_per_poll": (service.pool.commands_sent() - sent) / max(1, polls),
+            "gets_per_poll": (service.runs.gets - gets) / max(1, polls),
+            "polls": polls,
+        }
+    finally:
+        slurm("scontrol", "update", f"PartitionName={partition}", "State=UP")
+    service.wait(ids, lambda r: r.state not in (RunState.QUEUED, RunState.RUNNING), 900)
+    delays = []
+    for run_id in ids:
+        run = service.run(run_id)
+        end = slurm("sacct", "-X", "-n", "-P", "-j", str(run.job_id), "-o", "End").strip()
+        ended = datetime.fromisoformat(end.splitlines()[0]).astimezone(UTC)
+        delays.append((entered(run, RunState.SYNCING) - ended).total_seconds())
+    result["next_step_p50"] = statistics.median(delays)
+    result["next_step_p95"] = percentile(delays, 95)
+    service.wait(ids, lambda r: r.terminal, 900)
+    return result
+
+
+def section(lat: dict[str, list[float]], wait: dict[str, float], window: float) -> list[str]:
+    def row(name: str, values: list[float], target: str) -> str:
+        return (
+            f"| {name} | {statistics.median(values):.2f} | {percentile(values, 95):.2f} | "
+            f"{target} |"
+        )
+
+    runs = len(lat["done"])
+    return [
+        "## The worker on the test stack",
+        "",
+        f"`bench/worker.py`: the local gateway and the worker in one process, in-memory runs, the "
+        f"stack's Slurm over SSH; the worker polls every {POLL} s (default 1 s). Jobs are `true` "
+        "with no outputs (a direct upload of nothing); registration waits for the job's "
+        "accounting record.",
+        "",
+        f"### One trivial job at a time ({runs} runs)",
+        "",
+        "| from the POST to | median (s) | p95 (s) | target |",
+        "|---|---:|---:|---|",
+        row("the job's completion observed on the run", lat["completed"], "1.2 / 1.5 s"),
+        row("DONE", lat["done"], "2.5 s"),
+        row("floor: `sbatch` on the head node, `squeue` every 0.1 s until gone", lat["floor"], ""),
+        "",
+        f"### {int(wait['count']):,} runs waiting on pending jobs (the partition down)",
+        "",
+        f"- intake: {int(wait['count']):,} POSTs through the gateway until every job is queued "
+        f"in Slurm: {wait['intake']:.1f} s (API p50 {wait['api_p50'] * 1000:.1f} ms, "
+        f"p99 {wait['api_p99'] * 1000:.1f} ms);",
+        f"- between events, over {window:.0f} s: the service's CPU {wait['cpu'] * 100:.2f}% of a "
+        f"core, luigid's {wait['luigid_cpu'] * 100:.2f}% (target: under 1%); "
+        f"{wait['commands_per_poll']:.2f} scheduler commands and {wait['gets_per_poll']:.2f} "
+        f"whole-run reads per poll ({int(wait['polls'])} polls; one light listing each);",
+        f"- then the partition comes up and every job completes: from a job's end (accounting, to "
+        f"the second) to its run's next step, median {wait['next_step_p50']:.2f} s, p95 "
+        f"{wait['next_step_p95']:.2f} s (target: 1.5 s at p95).",
+        "",
+    ]
+
+
+def run_all(runs: int, count: int, window: float) -> list[str]:
+    service = Service()
+    try:
+        print(f"worker: latency of {runs} trivial runs")
+        lat = latency(service, runs)
+        print(f"worker: {count} waiting runs")
+        wait = waiting(service, count, window)
+    finally:
+        service.close()
+    return section(lat, wait, window)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--waiting", type=int, default=1000)
+    parser.add_argument("--window", type=float, default=20.0)
+    args = parser.parse_args()
+    print("\n".join(run_all(args.runs, args.waiting, args.window)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
