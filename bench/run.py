@@ -34,6 +34,7 @@ from tests.application import application  # noqa: E402
 from tests.contract.harness_slurm import stack_cluster  # noqa: E402
 from tests.stack import STACK_DIR, slurm, stack  # noqa: E402
 
+from bench.worker import run_all as worker_section  # noqa: E402
 from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner  # noqa: E402
 from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher  # noqa: E402
 from obp_workflow.adapters.fake.id_generator import FakeIdGenerator  # noqa: E402
@@ -331,8 +332,6 @@ def main() -> int:
     print("monitor cycle cost:")
     mon = monitor_cost(args.sizes, args.cycles)
     print("the worker:")
-    from bench.worker import run_all as worker_section  # the stack's Slurm, a real luigid
-
     worker = worker_section(args.worker_runs, args.worker_waiting, args.worker_window)
     print("lambda handlers:")
     write_report(command, lat, mon, args.cycles, [*worker, *lambda_section()])
