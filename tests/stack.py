@@ -10,8 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -68,6 +72,47 @@ class Stack:
             capture_output=True,
             timeout=60,
         )
+
+
+@contextmanager
+def sshd_with_another_host_key(folder: Path) -> Iterator[tuple[int, str]]:
+    """A second real sshd, configured as the stack's (same users, same keys) but with a host
+    key of its own, on a free loopback port: the head node after its host key changed. Yields
+    the port and the new public key (``<type> <base64>``); stopped by its PID on leaving (close
+    the connections to it first). The stack's own sshd is not touched."""
+    key = folder / "ssh_host_ed25519_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "obp-changed-host", "-f", str(key)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    with socket.socket() as probe:
+        probe.bind((stack().host, 0))
+        port = int(probe.getsockname()[1])
+    config = (STACK_DIR / "etc" / "sshd_config").read_text()
+    for word, value in (("Port", port), ("HostKey", key), ("PidFile", folder / "sshd.pid")):
+        config = re.sub(rf"^{word} .*$", f"{word} {value}", config, flags=re.MULTILINE)
+    (folder / "sshd_config").write_text(config)
+    (folder / "sshd_config").chmod(0o600)
+    daemon = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-f", str(folder / "sshd_config"), "-E", str(folder / "sshd.log")]
+    )
+    try:
+        wait_until(lambda: _banner(stack().host, port), 10, f"the second sshd on port {port}")
+        kind, body, *_ = (folder / "ssh_host_ed25519_key.pub").read_text().split()
+        yield port, f"{kind} {body}"
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def _banner(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as conn:
+            return conn.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 @cache

@@ -69,8 +69,31 @@ Storage = LustreStorage | SharedStorage
 
 
 @dataclass(frozen=True)
+class AcceptNewHostKey:
+    """No host key is pinned for the cluster yet: trust the key its head node presents at the
+    first connection and pin it by creating the secret ``pin_to``, which never overwrites
+    (OpenSSH's ``StrictHostKeyChecking accept-new``). From then on that secret is the pin: any
+    other key is refused, as with a key pinned from the start. Public: a host key is no secret.
+    """
+
+    pin_to: SecretRef
+
+    def __post_init__(self) -> None:
+        if not self.pin_to.ref.strip():
+            raise ValueError("a host key accepted on first use needs the secret to pin it in")
+
+
+#: A cluster's host key: pinned (``"<type> <base64>"``), or to be accepted on first use.
+HostKey = str | AcceptNewHostKey
+
+
+@dataclass(frozen=True)
 class ClusterHandle:
-    """Everything needed to reach and use one project's cluster. Holds references, not keys."""
+    """Everything needed to reach and use one project's cluster. Holds references, not keys.
+
+    ``host_key`` is the head node's public host key, pinned; or, under the ``accept-new``
+    policy and only while none is pinned, ``AcceptNewHostKey``: where to pin the first one seen.
+    """
 
     name: str
     host: str
@@ -78,7 +101,7 @@ class ClusterHandle:
     ssh_user: str
     user_key: SecretRef
     admin_key: SecretRef
-    host_key: str
+    host_key: HostKey
     storage: Storage
     runs_root: str
     admin_user: str | None = None
@@ -92,7 +115,7 @@ class ClusterHandle:
             raise ValueError(f"invalid runs root {self.runs_root!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"invalid port {self.port}")
-        if len(self.host_key.split()) < 2:
+        if isinstance(self.host_key, str) and len(self.host_key.split()) < 2:
             raise ValueError("the cluster's host key must be pinned ('<type> <base64>')")
 
     def key_for(self, role: KeyRole) -> SecretRef:

@@ -112,6 +112,12 @@ class SecretNotFound(DomainError):
     kind = "secret-not-found"
 
 
+class SecretExists(Conflict):
+    """A secret was to be created under a name that is taken: the stored value is kept."""
+
+    kind = "secret-exists"
+
+
 class ServiceUnavailable(DomainError):
     """An outside service (provisioner, knowledge graph, AWS) failed transiently."""
 

@@ -28,3 +28,12 @@ class SecretStore(Protocol):
     @abstractmethod
     def get(self, ref: SecretRef) -> Secret:
         """SecretNotFound (naming the reference, never a value) when it does not exist."""
+
+    @abstractmethod
+    def create(self, ref: SecretRef, value: str) -> None:
+        """Create the secret named ``ref`` holding ``value``; never overwrites.
+
+        SecretExists (naming the reference, never a value) when the name is taken: the stored
+        value is kept. Of creations racing for one name, exactly one succeeds. A created
+        secret is read back by ``get(ref)`` at once.
+        """

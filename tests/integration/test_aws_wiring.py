@@ -23,6 +23,8 @@ from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner
 from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway
 from obp_workflow.adapters.sync.lustre_hsm import LustreHsmSynchronizer
 from obp_workflow.adapters.sync.router import SyncRouter
+from obp_workflow.core.cluster import AcceptNewHostKey, SecretRef
+from obp_workflow.core.errors import SecretNotFound
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState
@@ -126,6 +128,18 @@ def test_the_aws_settings_select_the_production_adapters(aws_service: Service) -
     assert sync.upload.graph is graph
     pool = aws_service.cluster_gateway().pool
     assert pool.settings.connects_per_minute == 3  # OBP_SSH_CONNECTS_PER_MINUTE
+
+
+def test_the_host_key_policy_reaches_the_provisioner(aws_service: Service) -> None:
+    name = "pcluster-wired"
+    pinned = aws_service.cluster_provisioner().host_key_for  # the default: pinned
+    with pytest.raises(SecretNotFound, match=f"{name}-host-key"):
+        pinned(name)
+    settings = aws_service.settings().model_copy(
+        update={"host_key_policy": "accept-new", "host_key_secret_template": "hk/{cluster_name}"}
+    )
+    accept_new = build(settings).cluster_provisioner().host_key_for
+    assert accept_new(name) == AcceptNewHostKey(SecretRef(f"hk/{name}"))
 
 
 def test_a_run_submitted_on_aws_is_stored_and_starts_one_instance(aws_service: Service) -> None:

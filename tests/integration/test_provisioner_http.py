@@ -24,9 +24,11 @@ from obp_workflow.adapters.fake.secret_store import FakeSecretStore
 from obp_workflow.adapters.provisioner.description import host_key_from_secrets, phase_of
 from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner
 from obp_workflow.core.cluster import (
+    AcceptNewHostKey,
     ClusterHandle,
     LustreStorage,
     ProvisioningPhase,
+    SecretRef,
     SharedStorage,
 )
 from obp_workflow.core.errors import SecretNotFound, ServiceUnavailable
@@ -667,7 +669,7 @@ def test_without_key_templates_a_cluster_is_ready_only_once_requested(
 
 def test_without_a_host_key_the_cluster_is_never_ready(h: HttpClusterProvisionerHarness) -> None:
     store = FakeSecretStore({})
-    adapter = h.adapter(host_key_for=host_key_from_secrets(store))
+    adapter = h.adapter(host_key_for=host_key_from_secrets(store, policy="pinned"))
     try:
         ready(h)
         status = adapter.describe(PROJECT_A)
@@ -679,6 +681,43 @@ def test_without_a_host_key_the_cluster_is_never_ready(h: HttpClusterProvisioner
         found = adapter.describe(PROJECT_A).cluster
         assert found is not None
         assert found.host_key == fake_host_key(name)
+    finally:
+        adapter.close()
+
+
+def test_accept_new_makes_a_cluster_without_a_host_key_ready_to_pin_its_first_one(
+    h: HttpClusterProvisionerHarness,
+) -> None:
+    store = FakeSecretStore({})
+    host_key_for = host_key_from_secrets(store, "hk/{cluster_name}", policy="accept-new")
+    adapter = h.adapter(host_key_for=host_key_for)
+    try:
+        ready(h)
+        name = f"pcluster-{PROJECT_A.virtual_lab_id}-{PROJECT_A.project_id}"
+        status = adapter.describe(PROJECT_A)
+        assert status.phase is P.READY, status.detail
+        assert status.cluster is not None
+        assert status.cluster.host_key == AcceptNewHostKey(SecretRef(f"hk/{name}"))
+        store.create(SecretRef(f"hk/{name}"), fake_host_key(name))  # pinned on first use
+        found = adapter.describe(PROJECT_A).cluster
+        assert found is not None
+        assert found.host_key == fake_host_key(name)
+    finally:
+        adapter.close()
+
+
+def test_accept_new_still_refuses_a_malformed_published_host_key(
+    h: HttpClusterProvisionerHarness,
+) -> None:
+    store = FakeSecretStore({})
+    adapter = h.adapter(host_key_for=host_key_from_secrets(store, policy="accept-new"))
+    try:
+        ready(h)
+        name = f"pcluster-{PROJECT_A.virtual_lab_id}-{PROJECT_A.project_id}"
+        store.put(f"{name}-host-key", "not-a-key")
+        status = adapter.describe(PROJECT_A)
+        assert status.phase is P.UNKNOWN
+        assert "host key must be pinned" in status.detail
     finally:
         adapter.close()
 
@@ -710,6 +749,16 @@ def test_host_key_lookups_that_fail_transiently_raise(h: HttpClusterProvisionerH
 def test_secret_not_found_is_the_domain_error_the_host_key_lookup_raises() -> None:
     with pytest.raises(SecretNotFound):
         host_key_from_secrets(FakeSecretStore({}))("pcluster-x")
+
+
+def test_the_host_key_lookup_trims_the_published_line_and_knows_only_two_policies() -> None:
+    key = fake_host_key("pcluster-x")
+    store = FakeSecretStore({"pcluster-x-host-key": key + " root@head\n"})
+    for policy in ("pinned", "accept-new"):
+        found = host_key_from_secrets(store, policy=policy)("pcluster-x")
+        assert found == key + " root@head"
+    with pytest.raises(ValueError, match="unknown host key policy 'trust-all'"):
+        host_key_from_secrets(store, policy="trust-all")  # type: ignore[arg-type]
 
 
 def _described(h: HttpClusterProvisionerHarness, project: ProjectRef) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""SecretsManagerSecretStore beyond the SecretStore contract: its cache, and its errors."""
+"""SecretsManagerSecretStore beyond the SecretStore contract: its cache (also after a
+creation), and its errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from obp_workflow.adapters.aws.secrets import SecretsManagerSecretStore
 from obp_workflow.core.cluster import SecretRef
-from obp_workflow.core.errors import SecretNotFound, ServiceUnavailable
+from obp_workflow.core.errors import SecretExists, SecretNotFound, ServiceUnavailable
 from tests.contract.harness_aws import SecretsManagerSecretStoreHarness, aws_client
 
 VALUE = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH"
@@ -102,3 +103,46 @@ def test_the_store_shows_no_value() -> None:
     h.store.get(ref)
     assert "b3BlbnNz" not in repr(h.store)
     assert "b3BlbnNz" not in str(vars(h.store))
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyPinnedOnFirstUse000000000000000000"
+OTHER_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAnotherHostKey0000000000000000000000000"
+
+
+def test_a_created_secret_is_served_from_the_cache_without_a_call() -> None:
+    clock = Clock()
+    h = SecretsManagerSecretStoreHarness(ttl_seconds=300, clock=clock)
+    ref = SecretRef("pcluster-aaaaaaaa-host-key")
+    h.store.create(ref, HOST_KEY)
+    assert h.store.get(ref).reveal() == HOST_KEY
+    assert h.gets() == 0
+    stored = h.client.get_secret_value(SecretId=ref.ref)
+    assert stored["SecretString"] == HOST_KEY
+    clock.now += 300
+    assert h.store.get(ref).reveal() == HOST_KEY  # expired: asked
+    assert h.gets() == 2  # the harness's own look above, and this one
+
+
+def test_a_refused_creation_drops_the_cached_copy_so_the_stored_value_is_read() -> None:
+    clock = Clock()
+    h = SecretsManagerSecretStoreHarness(ttl_seconds=300, clock=clock)
+    ref = SecretRef("pcluster-aaaaaaaa-host-key")
+    h.put(ref.ref, HOST_KEY)
+    assert h.store.get(ref).reveal() == HOST_KEY  # cached
+    h.client.put_secret_value(SecretId=ref.ref, SecretString=OTHER_HOST_KEY)  # an operator
+    with pytest.raises(SecretExists, match="pcluster-aaaaaaaa-host-key exists already"):
+        h.store.create(ref, HOST_KEY)
+    assert h.store.get(ref).reveal() == OTHER_HOST_KEY  # what is stored, not the cached copy
+    assert h.gets() == 2
+
+
+def test_a_creation_that_cannot_reach_aws_is_service_unavailable_without_the_value() -> None:
+    ref = SecretRef("pcluster-aaaaaaaa-host-key")
+    cut = SecretsManagerSecretStore(aws_client("secretsmanager", "http://127.0.0.1:9"))
+    with pytest.raises(ServiceUnavailable, match="unreachable while creating") as caught:
+        cut.create(ref, VALUE)
+    error = caught.value
+    assert ref.ref in str(error)
+    assert error.__cause__ is None
+    assert error.__context__ is None
+    assert "b3BlbnNz" not in " ".join([str(error), repr(error)])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from obp_workflow.core.cluster import (
+    AcceptNewHostKey,
     ClusterHandle,
     KeyRole,
     LustreStorage,
     ProvisioningPhase,
     ProvisioningStatus,
+    SecretRef,
 )
 
 from .factories import cluster
@@ -38,6 +40,13 @@ from .factories import cluster
 def test_an_unusable_cluster_handle_is_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=r"invalid|host key"):
         cluster(**changes)
+
+
+def test_a_handle_may_accept_its_host_key_on_first_use_pinning_it_in_a_named_secret() -> None:
+    pin = AcceptNewHostKey(SecretRef("pcluster-x-host-key"))
+    assert cluster(host_key=pin).host_key == pin
+    with pytest.raises(ValueError, match="secret to pin it in"):
+        AcceptNewHostKey(SecretRef(" "))
 
 
 def test_the_user_key_runs_jobs_and_the_admin_key_the_elevated_ones() -> None:

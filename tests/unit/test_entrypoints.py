@@ -60,6 +60,20 @@ def test_every_wrong_setting_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -
         assert name in text
 
 
+@pytest.mark.parametrize("policy", ["pinned", "accept-new"])
+def test_the_host_key_policy_is_read(monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
+    assert load_settings().host_key_policy == "pinned"
+    monkeypatch.setenv("OBP_HOST_KEY_POLICY", policy)
+    assert load_settings().host_key_policy == policy
+
+
+@pytest.mark.parametrize("wrong", ["accept", "no", "ACCEPT-NEW", ""])
+def test_an_unknown_host_key_policy_is_named(monkeypatch: pytest.MonkeyPatch, wrong: str) -> None:
+    monkeypatch.setenv("OBP_HOST_KEY_POLICY", wrong)
+    with pytest.raises(SettingsError, match="OBP_HOST_KEY_POLICY"):
+        load_settings()
+
+
 @pytest.mark.parametrize("flags", [[], ["--no-lustre"]], ids=["lustre", "direct-upload"])
 def test_the_demo_drives_one_simulation_to_done(
     flags: list[str], capsys: pytest.CaptureFixture[str]

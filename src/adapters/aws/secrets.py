@@ -5,6 +5,11 @@ Every SSH (re)connection asks for its key, so values are kept in memory for ``tt
 (default 5 minutes: a rotated key is picked up within that time). Only successes are cached:
 a missing secret is asked again next time, because the provisioner may create it meanwhile.
 
+``create`` is CreateSecret: it never overwrites (ResourceExistsException is ``SecretExists``, and
+of two callers racing for a name exactly one succeeds). A created value is cached as if read; a
+refused creation drops the name's entry, so that the caller's next ``get`` reads what is stored
+(the value that won the race, or one replaced by an operator), not an older copy.
+
 No value ever reaches an exception, a repr or a log line: errors name the reference (ARN or
 name) and AWS's error code, never the response's content, and are raised without chaining
 anything that held the value.
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from botocore.exceptions import BotoCoreError, ClientError
 
 from obp_workflow.core.cluster import SecretRef
-from obp_workflow.core.errors import SecretNotFound, ServiceUnavailable
+from obp_workflow.core.errors import SecretExists, SecretNotFound, ServiceUnavailable
 from obp_workflow.ports.secrets import Secret, SecretStore
 
 if TYPE_CHECKING:
@@ -61,6 +66,27 @@ class SecretsManagerSecretStore(SecretStore):
                 self._prune(now)
         return secret
 
+    def create(self, ref: SecretRef, value: str) -> None:
+        failure: Exception | None = None
+        try:
+            self._client.create_secret(Name=ref.ref, SecretString=value)
+        except ClientError as exc:
+            failure = _client_failure(ref, exc, doing="create", value=value)
+        except BotoCoreError as exc:
+            failure = ServiceUnavailable(
+                f"AWS Secrets Manager unreachable while creating secret {ref.ref}: "
+                f"{type(exc).__name__}"
+            )
+        if failure is not None:
+            if isinstance(failure, SecretExists):
+                with self._lock:
+                    self._cache.pop(ref.ref, None)
+            raise failure
+        log.debug("created secret %s", ref.ref)
+        if self._ttl > 0:
+            with self._lock:
+                self._cache[ref.ref] = (self._clock() + self._ttl, Secret(value))
+
     def _fetch(self, ref: SecretRef) -> Secret:
         # Errors are raised outside the ``except`` blocks, so that no exception keeps the one it
         # replaces as ``__context__`` (botocore's parse errors quote the response they failed
@@ -98,13 +124,20 @@ class SecretsManagerSecretStore(SecretStore):
             del self._cache[name]
 
 
-def _client_failure(ref: SecretRef, exc: ClientError) -> Exception:
+def _client_failure(
+    ref: SecretRef, exc: ClientError, doing: str = "return", value: str | None = None
+) -> Exception:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", "error"))
     if code == "ResourceNotFoundException":
         return SecretNotFound(f"secret {ref.ref} not found in AWS Secrets Manager")
-    message = str(error.get("Message", ""))[:300]
+    if code == "ResourceExistsException":
+        return SecretExists(f"secret {ref.ref} exists already in AWS Secrets Manager")
+    message = str(error.get("Message", ""))
+    if value and any(part in message for part in value.split() if len(part) >= 8):
+        message = "(AWS's message quotes the value: left out)"
+    message = message[:300]
     return ServiceUnavailable(
-        f"AWS Secrets Manager could not return secret {ref.ref}: {code}"
+        f"AWS Secrets Manager could not {doing} secret {ref.ref}: {code}"
         + (f": {message}" if message else "")
     )

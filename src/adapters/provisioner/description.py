@@ -41,12 +41,18 @@ What the GET object does not carry, and where the handle gets it:
   ``private_ssh_key_arn`` serves both roles; the transitional ``admin_user_private_ssh_key_arn``
   is read as the admin key.
 - The head node's SSH host key is in no answer of the provisioner. The adapter takes
-  ``host_key_for(cluster_name) -> "<type> <base64>"`` from the composition root and refuses
-  READY without it (UNKNOWN, with the lookup's DomainError as detail; a ServiceUnavailable from
-  the lookup propagates). Production choice: ``host_key_from_secrets(secret_store)`` reads the
-  secret ``{cluster_name}-host-key``, to be written by the head node's configure step (an
-  ``OnNodeConfigured`` script publishing ``/etc/ssh/ssh_host_ed25519_key.pub``: a change the
-  provisioner does not make today). The key is never learned on first use.
+  ``host_key_for(cluster_name)`` from the composition root: ``"<type> <base64>"``, or
+  ``AcceptNewHostKey`` (no key pinned yet: the SSH adapter accepts the first one presented and
+  pins it). READY is refused without one (UNKNOWN, with the lookup's DomainError as detail; a
+  ServiceUnavailable from the lookup propagates). Production choice:
+  ``host_key_from_secrets(secret_store, template, policy)`` reads the secret
+  ``{cluster_name}-host-key``. Under the ``pinned`` policy (the default) that secret must be
+  written by the head node's configure step (an ``OnNodeConfigured`` script publishing
+  ``/etc/ssh/ssh_host_ed25519_key.pub``: a change the provisioner does not make today), and a
+  cluster without it is not READY. Under ``accept-new`` a cluster without it is READY with
+  ``AcceptNewHostKey(that secret)``: the first connection pins the key presented by creating the
+  secret, and from then on it is read from there like a published one (OpenSSH's
+  ``StrictHostKeyChecking accept-new``).
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from obp_workflow.core.cluster import (
+    AcceptNewHostKey,
     ClusterHandle,
+    HostKey,
     LustreStorage,
     ProvisioningPhase,
     ProvisioningStatus,
@@ -64,9 +72,13 @@ from obp_workflow.core.cluster import (
     SharedStorage,
     Storage,
 )
-from obp_workflow.core.errors import DomainError, ServiceUnavailable
+from obp_workflow.core.errors import DomainError, SecretNotFound, ServiceUnavailable
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.ports.secrets import SecretStore
+
+#: ``pinned``: a cluster is usable once its host key is published; ``accept-new``: also before,
+#: trusting the key its head node presents at the first connection (then pinned).
+HostKeyPolicy = Literal["pinned", "accept-new"]
 
 READY_STATUSES = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE"})
 FAILED_STATUSES = frozenset({"CREATE_FAILED"})  # and every DELETE_*
@@ -154,12 +166,24 @@ def identity_of(cluster: Mapping[str, Any]) -> Identity:
 
 
 def host_key_from_secrets(
-    secrets: SecretStore, template: str = "{cluster_name}-host-key"
-) -> Callable[[str], str]:
-    """The production ``host_key_for``: the head node's public host key from a secret."""
+    secrets: SecretStore,
+    template: str = "{cluster_name}-host-key",
+    policy: HostKeyPolicy = "pinned",
+) -> Callable[[str], HostKey]:
+    """The production ``host_key_for``: the head node's public host key from a secret; under
+    ``accept-new``, when that secret does not exist, ``AcceptNewHostKey`` naming it (under
+    ``pinned``, SecretNotFound: the cluster is not usable)."""
+    if policy not in ("pinned", "accept-new"):
+        raise ValueError(f"unknown host key policy {policy!r}: 'pinned' or 'accept-new'")
 
-    def host_key_for(cluster_name: str) -> str:
-        return secrets.get(SecretRef(template.format(cluster_name=cluster_name))).reveal().strip()
+    def host_key_for(cluster_name: str) -> HostKey:
+        ref = SecretRef(template.format(cluster_name=cluster_name))
+        try:
+            return secrets.get(ref).reveal().strip()
+        except SecretNotFound:
+            if policy == "accept-new":
+                return AcceptNewHostKey(ref)
+            raise
 
     return host_key_for
 
@@ -179,7 +203,7 @@ def status_of(
     settings: ProvisionerSettings,
     *,
     learned: Identity | None,
-    host_key_for: Callable[[str], str],
+    host_key_for: Callable[[str], HostKey],
 ) -> ProvisioningStatus:
     """The project's cluster as ``described`` (its ``clusterStatus`` a string); ``learned``: what
     the latest POST answer for the project said, if any."""

@@ -42,7 +42,7 @@ from botocore.credentials import ReadOnlyCredentials
 from botocore.session import Session
 
 from obp_workflow.core.backoff import retry_after_seconds, retry_wait
-from obp_workflow.core.cluster import ProvisioningPhase, ProvisioningStatus
+from obp_workflow.core.cluster import HostKey, ProvisioningPhase, ProvisioningStatus
 from obp_workflow.core.errors import DomainError, ServiceUnavailable
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.ports.cluster import ClusterProvisioner
@@ -95,7 +95,7 @@ class HttpClusterProvisioner(ClusterProvisioner):
         credentials: CredentialSource,
         region: str,
         settings: ProvisionerSettings,
-        host_key_for: Callable[[str], str],
+        host_key_for: Callable[[str], HostKey],
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -130,7 +130,7 @@ class HttpClusterProvisioner(ClusterProvisioner):
         base_url: str,
         *,
         settings: ProvisionerSettings,
-        host_key_for: Callable[[str], str],
+        host_key_for: Callable[[str], HostKey],
         session: Session | None = None,
         region: str | None = None,
     ) -> HttpClusterProvisioner:

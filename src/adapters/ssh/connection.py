@@ -2,8 +2,13 @@
 
 Every command is a channel on the shared connection. Sockets are opened by hand with
 TCP_NODELAY (paramiko's own socket costs ~40 ms per command on loopback). Host keys are pinned
-from the ClusterHandle: an unknown or changed key refuses the connection. Private keys come from
-the SecretStore as text, live only in memory, and never reach a log line or an error message.
+from the ClusterHandle: an unknown or changed key refuses the connection. A handle whose key is
+``AcceptNewHostKey`` (the ``accept-new`` policy, no key pinned yet) names the secret that pins
+it: when that secret exists its key is pinned like any other; when not, the key presented is
+accepted and pinned by creating the secret, before any user key is offered. Creating never
+overwrites, so of connections racing to pin (threads, workers) one key wins, and a loser that
+was shown another key refuses it. Private keys come from the SecretStore as text, live only in
+memory, and never reach a log line or an error message; host keys are public.
 Reconnects back off exponentially with jitter, and each cluster has a budget of new
 connections and of scheduler queries per minute, so a storm of work never hammers a head node.
 """
@@ -11,6 +16,7 @@ connections and of scheduler queries per minute, so a storm of work never hammer
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import random
@@ -19,16 +25,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import paramiko
 
 from obp_workflow.core.backoff import retry_wait
-from obp_workflow.core.cluster import ClusterHandle, KeyRole, SecretRef
+from obp_workflow.core.cluster import AcceptNewHostKey, ClusterHandle, HostKey, KeyRole, SecretRef
 from obp_workflow.core.errors import (
     ClusterAccessDenied,
     ClusterUnreachable,
+    DomainError,
     HostKeyRejected,
+    SecretExists,
+    SecretNotFound,
 )
 from obp_workflow.ports.secrets import SecretStore
 
@@ -41,14 +50,16 @@ class CommandLost(Exception):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where and as whom to connect."""
+    """Where and as whom to connect. The host key says how the server is checked when a
+    connection opens; it is not part of which connection is meant (a handle that pinned its
+    first key meanwhile still means the connection already open)."""
 
     cluster: str
     host: str
     port: int
     user: str
     key: SecretRef
-    host_key: str
+    host_key: HostKey = field(compare=False)
 
     @classmethod
     def of(cls, cluster: ClusterHandle, role: KeyRole) -> Endpoint:
@@ -126,6 +137,70 @@ def _host_key_entry(host_key: str) -> paramiko.PKey:
         return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
     except (paramiko.SSHException, ValueError, IndexError) as exc:
         raise HostKeyRejected(f"the pinned host key is not a valid key ({exc})") from None
+
+
+def _openssh_line(key: paramiko.PKey) -> str:
+    """``<type> <base64>``, as in ``known_hosts`` and ``ssh_host_*_key.pub``."""
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def _fingerprint(key_line: str) -> str:
+    """OpenSSH's ``SHA256:...`` fingerprint of a public key line (what ``ssh-keygen -l`` shows)."""
+    parts = key_line.split()
+    try:
+        blob = base64.b64decode(parts[1])
+    except (ValueError, IndexError):
+        return "unreadable key"
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def _same_key(a: str, b: str) -> bool:
+    """The same public key (type and body; a trailing comment does not count)."""
+    return a.split()[:2] == b.split()[:2]
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's ``accept-new`` for one connection: the key presented is pinned by creating the
+    secret, which never overwrites. When the secret appeared meanwhile (a connection racing this
+    one, or a retry after a lost reply), the key is accepted only if it is the one stored.
+
+    Called by paramiko after the key exchange and before authentication: no user key is
+    offered to a server whose key is not pinned. Errors are the domain's (HostKeyRejected, or
+    the store's ServiceUnavailable) and leave ``connect``.
+    """
+
+    def __init__(self, secrets: SecretStore, endpoint: Endpoint, pin_to: SecretRef) -> None:
+        self._secrets = secrets
+        self._endpoint = endpoint
+        self._pin_to = pin_to
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        presented = _openssh_line(key)
+        try:
+            self._secrets.create(self._pin_to, presented)
+        except SecretExists:
+            stored = self._secrets.get(self._pin_to).reveal()
+            if not _same_key(stored, presented):
+                raise HostKeyRejected(
+                    f"{self._endpoint} presented the host key {_fingerprint(presented)}, but "
+                    f"{_fingerprint(stored)} was pinned meanwhile in {self._pin_to}: refusing it"
+                ) from None
+            log.info(
+                "host key of %s is the one pinned meanwhile in %s (%s)",
+                self._endpoint,
+                self._pin_to,
+                _fingerprint(presented),
+            )
+            return
+        log.warning(
+            "pinned the host key of %s on first use: %s %s, in %s",
+            self._endpoint,
+            key.get_name(),
+            _fingerprint(presented),
+            self._pin_to,
+        )
 
 
 class Connection:
@@ -309,19 +384,34 @@ class SshPool:
         log.info("connected to %s", endpoint)
         return connection
 
+    def _host_key_now(self, endpoint: Endpoint) -> HostKey:
+        """The host key to pin, or AcceptNewHostKey while none is pinned (accept-new): a key
+        pinned on first use since the handle was made is read from its secret."""
+        trust = endpoint.host_key
+        if not isinstance(trust, AcceptNewHostKey):
+            return trust
+        try:
+            return self.secrets.get(trust.pin_to).reveal().strip()
+        except SecretNotFound:
+            return trust
+
     def _open(self, endpoint: Endpoint) -> Connection:
         pkey = load_private_key(self.secrets.get(endpoint.key).reveal(), endpoint.key)
+        client = paramiko.SSHClient()
+        host_key = self._host_key_now(endpoint)
+        if isinstance(host_key, AcceptNewHostKey):
+            client.set_missing_host_key_policy(_AcceptNew(self.secrets, endpoint, host_key.pin_to))
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            pinned = _host_key_entry(host_key)
+            name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
+            client.get_host_keys().add(name, pinned.get_name(), pinned)
         s = self.settings
         try:
             sock = socket.create_connection((endpoint.host, endpoint.port), s.connect_timeout)
         except OSError as exc:
             raise ClusterUnreachable(f"cannot reach {endpoint}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        pinned = _host_key_entry(endpoint.host_key)
-        name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
-        client.get_host_keys().add(name, pinned.get_name(), pinned)
         try:
             client.connect(
                 endpoint.host,
@@ -355,6 +445,9 @@ class SshPool:
         except (OSError, EOFError) as exc:
             client.close()
             raise ClusterUnreachable(f"SSH to {endpoint} failed: {exc}") from None
+        except DomainError:  # from _AcceptNew: refused, or the store could not pin
+            client.close()
+            raise
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(s.keepalive_seconds)

@@ -173,7 +173,9 @@ def cluster_provisioner(
     return HttpClusterProvisioner.from_session(
         settings.provisioner_url or "",
         settings=provisioner_settings(settings),
-        host_key_for=host_key_from_secrets(secret_store, settings.host_key_secret_template),
+        host_key_for=host_key_from_secrets(
+            secret_store, settings.host_key_secret_template, settings.host_key_policy
+        ),
         session=session._session,  # the botocore session: credentials refresh as they expire
         region=settings.aws_region,
     )

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         "{cluster_name}-host-key",
         description="Secret holding a cluster head node's public host key (pinned).",
     )
+    host_key_policy: Literal["pinned", "accept-new"] = Field(
+        "pinned",
+        description="'pinned': a cluster is usable once its host-key secret exists; "
+        "'accept-new': without that secret, the key presented at the first connection is "
+        "pinned by creating it (OpenSSH's accept-new); a later change is refused either way.",
+    )
 
     # ---------------------------------------------------------------- SSH to the clusters
     ssh_connect_timeout_seconds: float = Field(
