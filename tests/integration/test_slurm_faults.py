@@ -111,7 +111,8 @@ def world() -> Iterator[World]:
     finally:
         stack().sshd("start")
         for run in w.repo.list_active():
-            slurm("scancel", f"--name={run.header.tag}", check=False)
+            tag = w.repo.get(run.project, run.run_id).header.tag
+            slurm("scancel", f"--name={tag}", check=False)
         w.pool.close()
 
 

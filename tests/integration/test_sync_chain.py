@@ -138,7 +138,8 @@ def chain() -> Iterator[Chain]:
         yield c
     finally:
         for run in repo.list_active():
-            slurm("scancel", f"--name={run.header.tag}", check=False)
+            tag = repo.get(run.project, run.run_id).header.tag
+            slurm("scancel", f"--name={tag}", check=False)
         nexus.close()
         server.stop()
         hsm.close()
