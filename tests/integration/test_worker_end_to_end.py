@@ -26,7 +26,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -357,7 +356,7 @@ def deployment(
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     moto = fresh_moto()  # ECS tasks stay in the status they are started in
     # The signing credentials of the test process and of the workers (the task role's).
     credentials = botocore.session.get_session().get_credentials()
@@ -424,7 +423,7 @@ def world() -> Iterator[World]:
     gateway = make_server("127.0.0.1", 0, container)
     thread = threading.Thread(target=gateway.serve_forever, daemon=True)
     thread.start()
-    logs = Path(tempfile.mkdtemp(prefix="obp-e2e-workers-"))
+    logs = tmp_path_factory.mktemp("workers")  # each worker's log (pytest keeps the last few)
     client = httpx.Client(base_url=gateway.url, timeout=30)
     world = World(
         gateway=gateway,
