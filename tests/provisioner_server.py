@@ -22,8 +22,17 @@ have. Behind that, like the provisioner:
 Creation is asynchronous (``Lifecycle``): after the POST, ``unseen_gets`` GETs answer 404 (the
 creator Lambda has not made the stack), then CREATE_IN_PROGRESS without a ``headNode`` for
 ``young_gets`` GETs, with one for ``in_progress_gets`` more (or, with ``in_progress_seconds``,
-by time), then CREATE_COMPLETE or CREATE_FAILED. Test controls: ``finish_creation``,
-``fail_next_creation``, ``force_status``; faults for the next N requests (``fail_next``,
+by time), then CREATE_COMPLETE or CREATE_FAILED.
+
+What the provisioner's deployment decides is set per server: ``ssh_user`` (the cluster user it
+creates, ``sim``), ``head_node_address`` (the head node's address, both private and public: e.g.
+``127.0.0.1`` when a real cluster on this machine stands for every head node; by default one
+made up per cluster), ``key_arn`` (the ARN of the Secrets Manager secret it keeps a key pair in,
+by key-pair name: ``{cluster}_sim`` and ``{cluster}``; by default made up, as the real
+provisioner answers before anyone reads them). Test controls: ``finish_creation``,
+``fail_next_creation``, ``create_without_lustre`` (the next creation makes no FSx whatever was
+asked, ``clusterFsxId: null``, as a tier without Lustre), ``force_status``; faults for the next
+N requests (``fail_next``,
 ``throttle_next`` with ``Retry-After``, ``slow_next``); ``clock_skew_seconds``; every request is
 recorded (method, path, raw query string in the order sent, headers, verdict).
 ``error_bodies="text"``: 404/500 bodies are the bare message, as the provisioner's handlers
@@ -38,7 +47,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -113,7 +122,7 @@ class _Stack:
 
     @property
     def name(self) -> str:
-        return f"pcluster-{self.vlab_id}-{self.project_id}"
+        return cluster_name(self.vlab_id, self.project_id)
 
 
 @dataclass
@@ -122,6 +131,11 @@ class _Fault:
     message: str = ""
     retry_after: str | None = None
     delay: float = 0.0
+
+
+def cluster_name(vlab_id: str, project_id: str) -> str:
+    """The name the provisioner gives the project's cluster (and its stack)."""
+    return f"pcluster-{vlab_id}-{project_id}"
 
 
 def _arn(name: str) -> str:
@@ -143,9 +157,15 @@ class ProvisionerServer:
         region: str = REGION,
         public_ip: bool = True,
         error_bodies: str = "json",
+        ssh_user: str = "sim",
+        head_node_address: str | None = None,
+        key_arn: Callable[[str], str] = _arn,
     ) -> None:
         self.lifecycle = lifecycle or Lifecycle()
         self.keys = keys
+        self.ssh_user = ssh_user
+        self.head_node_address = head_node_address
+        self.key_arn = key_arn
         self.credentials = credentials
         self.region = region
         self.public_ip = public_ip
@@ -155,6 +175,7 @@ class ProvisionerServer:
         self.creations = 0
         self._stacks: dict[tuple[str, str], _Stack] = {}
         self._doomed: dict[tuple[str, str], str] = {}
+        self._without_lustre: set[tuple[str, str]] = set()
         self._faults: list[_Fault] = []
         self._serial = 0
         self._lock = threading.Lock()
@@ -188,6 +209,7 @@ class ProvisionerServer:
             self.requests.clear()
             self._stacks.clear()
             self._doomed.clear()
+            self._without_lustre.clear()
             self._faults.clear()
             self.creations = 0
             self.clock_skew_seconds = 0.0
@@ -197,6 +219,11 @@ class ProvisionerServer:
     def fail_next_creation(self, vlab_id: str, project_id: str, reason: str) -> None:
         with self._lock:
             self._doomed[(vlab_id, project_id)] = reason
+
+    def create_without_lustre(self, vlab_id: str, project_id: str) -> None:
+        """The next creation of this project's cluster makes no FSx, whatever was asked."""
+        with self._lock:
+            self._without_lustre.add((vlab_id, project_id))
 
     def finish_creation(self, vlab_id: str, project_id: str) -> None:
         """The creation in progress ends now (complete, or failed when doomed)."""
@@ -366,19 +393,21 @@ class ProvisionerServer:
             stack = _Stack(
                 vlab_id,
                 project_id,
-                lustre=params.get("include_lustre", "").lower() == "true",
+                lustre=params.get("include_lustre", "").lower() == "true"
+                and key not in self._without_lustre,
                 tier=params.get("tier", "lite"),
                 created=time.monotonic(),
                 fail_reason=self._doomed.pop(key, None),
                 serial=self._serial,
             )
+            self._without_lustre.discard(key)
             self._stacks[key] = stack
         answer: dict[str, Any] = {
             "clusterName": stack.name,
             "clusterStatus": "CREATE_REQUEST_RECEIVED",
-            "ssh_user": "sim",
+            "ssh_user": self.ssh_user,
         }
-        user, admin = _arn(f"{stack.name}_sim"), _arn(stack.name)
+        user, admin = self.key_arn(f"{stack.name}_sim"), self.key_arn(stack.name)
         if self.keys == "single":
             answer["private_ssh_key_arn"] = user
         elif self.keys == "transitional":
@@ -481,10 +510,10 @@ class ProvisionerServer:
                 "instanceType": "t3.medium",
                 "launchTime": stamp,
                 "state": "running",
-                "privateIpAddress": _ip(stack.serial),
+                "privateIpAddress": self.head_node_address or _ip(stack.serial),
             }
             if self.public_ip:
-                node["publicIpAddress"] = _ip(stack.serial, public=True)
+                node["publicIpAddress"] = self.head_node_address or _ip(stack.serial, public=True)
             described["headNode"] = node
         if status == "CREATE_FAILED":
             described["failures"] = [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import posixpath
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -429,6 +431,37 @@ def test_fetch_output_streams_the_file_bytes(
         chunks = list(h.gateway.fetch_output(h.cluster, job.folder, path))
         assert all(isinstance(c, bytes) for c in chunks)
         assert b"".join(chunks) == h.read_file(posixpath.join(job.folder, path))
+
+
+def test_outputs_fetched_from_many_threads_at_once_each_stream_their_own_bytes(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    """The worker's builds run in threads: several runs' outputs are read at once, over one
+    connection to the cluster. None may hang, and none may get another's bytes."""
+    h = cluster_gateway_harness
+    job, _ = finished(h, Ending.COMPLETE, OUTPUTS)
+    paths = [*OUTPUTS, REQUEST_FILE] * 6
+    expected = {p: h.read_file(posixpath.join(job.folder, p)) for p in set(paths)}
+    got: dict[int, bytes] = {}
+    failed: list[BaseException] = []
+
+    def fetch_one(n: int, path: str) -> None:
+        try:
+            got[n] = fetch(h, job, path)
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    threads = [
+        threading.Thread(target=fetch_one, args=(n, p), daemon=True) for n, p in enumerate(paths)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not [t for t in threads if t.is_alive()], "reading outputs from threads hung"
+    assert not failed, failed
+    assert got == {n: expected[p] for n, p in enumerate(paths)}
 
 
 def test_fetch_output_of_a_missing_file_is_not_found(

@@ -585,6 +585,37 @@ def test_a_cluster_without_lustre_has_shared_storage() -> None:
         h.close()
 
 
+def test_a_cluster_made_without_lustre_whatever_was_asked_has_shared_storage(
+    h: HttpClusterProvisionerHarness,
+) -> None:
+    h.server.create_without_lustre(PROJECT_B.virtual_lab_id, PROJECT_B.project_id)
+    assert isinstance(ready(h, PROJECT_A).storage, LustreStorage)
+    handle = ready(h, PROJECT_B)
+    assert [r.params for r in h.server.requests_to("POST")][-1][0] == ("include_lustre", "true")
+    assert _described(h, PROJECT_B)["clusterFsxId"] is None
+    assert handle.storage == SharedStorage("/sbo/home")
+
+
+def test_the_deployments_head_node_user_and_key_secrets_are_answered() -> None:
+    arns = {"n": 0}
+
+    def key_arn(name: str) -> str:
+        arns["n"] += 1
+        return f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{name}-AbCdEf"
+
+    h = make(ssh_user="obpsim", head_node_address="127.0.0.1", key_arn=key_arn)
+    try:
+        handle = ready(h)
+        head = _described(h, PROJECT_A)["headNode"]
+        assert head["privateIpAddress"] == head["publicIpAddress"] == "127.0.0.1"
+        assert (handle.host, handle.ssh_user) == ("127.0.0.1", "obpsim")
+        assert handle.user_key.ref.endswith(f":secret:{handle.name}_sim-AbCdEf")
+        assert handle.admin_key.ref.endswith(f":secret:{handle.name}-AbCdEf")
+        assert arns["n"] == 2
+    finally:
+        h.close()
+
+
 def test_the_handle_reaches_the_head_node(h: HttpClusterProvisionerHarness) -> None:
     handle = ready(h)
     head = _described(h, PROJECT_A)["headNode"]

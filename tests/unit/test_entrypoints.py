@@ -13,6 +13,7 @@ from obp_workflow.application.requests import Requests
 from obp_workflow.entrypoints.aws_lambda import api as lambda_api
 from obp_workflow.entrypoints.aws_lambda import authorizer as lambda_authorizer
 from obp_workflow.entrypoints.cli.main import main
+from obp_workflow.entrypoints.composition.aws import provisioner_settings
 from obp_workflow.entrypoints.composition.root import build
 from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
 
@@ -160,3 +161,59 @@ def test_building_a_container_leaves_the_log_level_alone(
     monkeypatch.setenv("OBP_LOG_LEVEL", "ERROR")
     build(load_settings())
     assert service_logger.level == logging.DEBUG
+
+
+def test_the_cluster_settings_reach_the_provisioners_reading_of_its_clusters() -> None:
+    settings = load_settings(
+        lustre_bucket="nexus-data",
+        provisioner_address="public",
+        provisioner_ssh_port=2222,
+        provisioner_ssh_user="obpsim",
+        provisioner_admin_user="",
+        user_key_secret_template="{vlab_id}/{cluster_name}/user",
+        admin_key_secret_template="",
+        cluster_partition="debug",
+        lustre_mount="/lustre",
+        lustre_dra_path="/data",
+        lustre_runs_root="{dra_root}/{project_id}",
+        shared_path="/home",
+        shared_runs_root="{shared_path}/{ssh_user}/obp",
+    )
+    read = provisioner_settings(settings)
+    assert (read.address, read.ssh_port, read.ssh_user) == ("public", 2222, "obpsim")
+    assert read.admin_user is None  # empty: the simulation user
+    assert read.user_key_template == "{vlab_id}/{cluster_name}/user"
+    assert read.admin_key_template is None  # empty: unknown until a provisioner answer
+    assert read.partition == "debug"
+    assert (read.lustre_mount, read.lustre_dra_path) == ("/lustre", "/data")
+    assert read.lustre_runs_root == "{dra_root}/{project_id}"
+    assert (read.shared_path, read.shared_runs_root) == ("/home", "{shared_path}/{ssh_user}/obp")
+    defaults = provisioner_settings(load_settings(lustre_bucket="b"))
+    assert (defaults.ssh_user, defaults.admin_user, defaults.ssh_port) == ("sim", "ec2-user", 22)
+    assert defaults.lustre_runs_root == "{dra_root}/{vlab_id}/{project_id}/runs"
+
+
+def test_wrong_cluster_settings_are_named_each_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wrong = {
+        "OBP_PROVISIONER_ADDRESS": "elastic",
+        "OBP_PROVISIONER_SSH_PORT": "70000",
+        "OBP_PROVISIONER_SSH_USER": "Sim User",
+        "OBP_USER_KEY_SECRET_TEMPLATE": "{cluster}_sim",
+        "OBP_CLUSTER_PARTITION": "debug;rm",
+        "OBP_LUSTRE_MOUNT": "obi/data",
+        "OBP_LUSTRE_RUNS_ROOT": "{dra_root}/../{project_id}",
+        "OBP_SHARED_RUNS_ROOT": "{shared_path}/{user}/runs",
+        "OBP_HOST_KEY_SECRET_TEMPLATE": "{project_id}-host-key",
+    }
+    for name, value in wrong.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    lines = str(caught.value).splitlines()[1:]
+    assert sorted(line.strip().split(":", 1)[0] for line in lines) == sorted(wrong)
+    problems = {line.strip().split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines}
+    assert "{cluster_name}, {vlab_id}, {project_id}" in problems["OBP_USER_KEY_SECRET_TEMPLATE"]
+    assert problems["OBP_LUSTRE_RUNS_ROOT"].startswith("must be an absolute path")
+    assert "{ssh_user}" in problems["OBP_SHARED_RUNS_ROOT"]

@@ -16,6 +16,7 @@ import io
 import posixpath
 import re
 import stat
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 
 import paramiko
@@ -293,11 +294,12 @@ class SlurmClusterGateway(ClusterGateway):
                 if info.st_mode is None or not stat.S_ISREG(info.st_mode):
                     raise NotFound(f"output {path} is not a regular file")
                 handle = sftp.open(full, "rb")
+                handle.prefetch(info.st_size)
         except FileNotFoundError:
             raise NotFound(f"output {path} not found in the run folder") from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise ClusterUnreachable(f"cannot read {path} on {cluster.name}: {exc}") from None
-        return _stream(handle)
+        return _stream(handle, connection.sftp_lock)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -338,14 +340,20 @@ class SlurmClusterGateway(ClusterGateway):
 _LIVE = (JobPhase.WAITING, JobPhase.RUNNING)
 
 
-def _stream(handle: paramiko.SFTPFile) -> Iterator[bytes]:
-    with handle:
-        handle.prefetch()
+def _stream(handle: paramiko.SFTPFile, lock: threading.RLock) -> Iterator[bytes]:
+    """The file's bytes, in chunks. Each read, and the close, holds the connection's SFTP lock:
+    paramiko's SFTPClient reads its replies in the thread that waits for one, so two threads
+    reading files of one connection at once take each other's replies and wait forever."""
+    try:
         while True:
-            chunk = handle.read(1 << 20)
+            with lock:
+                chunk = handle.read(1 << 20)
             if not chunk:
                 return
             yield chunk
+    finally:
+        with lock:
+            handle.close()
 
 
 def parse_squeue_line(line: str) -> JobObservation | None:

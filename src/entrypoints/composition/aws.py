@@ -79,8 +79,20 @@ def provisioner_settings(settings: Settings) -> ProvisionerSettings:
     return ProvisionerSettings(
         include_lustre=settings.provisioner_include_lustre,
         tier=settings.provisioner_tier,
+        address=settings.provisioner_address,
+        ssh_port=settings.provisioner_ssh_port,
+        ssh_user=settings.provisioner_ssh_user,
+        admin_user=settings.provisioner_admin_user or None,
+        user_key_template=settings.user_key_secret_template or None,
+        admin_key_template=settings.admin_key_secret_template or None,
+        partition=settings.cluster_partition,
+        lustre_mount=settings.lustre_mount,
+        lustre_dra_path=settings.lustre_dra_path,
         lustre_bucket=settings.lustre_bucket,
         lustre_prefix=settings.lustre_prefix,
+        lustre_runs_root=settings.lustre_runs_root,
+        shared_path=settings.shared_path,
+        shared_runs_root=settings.shared_runs_root,
     )
 
 

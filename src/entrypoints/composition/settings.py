@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from obp_workflow.core.cluster import SAFE_PATH
 
 #: Settings that must be given when the AWS adapters are wired.
 AWS_REQUIRED = (
@@ -20,6 +23,41 @@ AWS_REQUIRED = (
     "service_client_id",
     "service_client_secret_id",
 )
+
+
+#: A login on a head node (POSIX portable user names, as useradd takes them).
+_LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+#: A Slurm partition (as a request's own partition is checked).
+_SCHEDULER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+#: The fields of every runs-root template besides its root.
+_RUN_FIELDS = ("vlab_id", "project_id", "ssh_user", "cluster_name")
+#: A value of each template field, for checking templates (a UUID, a login, a cluster name).
+_SAMPLE = "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
+
+
+def _template(value: str, fields: tuple[str, ...], *, path: bool, empty: bool = True) -> str:
+    """``value`` when it is a ``str.format`` template of only ``fields`` (and, with ``path``,
+    gives an absolute path of safe characters); else ValueError, in one line."""
+    if not value:
+        if empty:
+            return value
+        raise ValueError("must not be empty")
+    allowed = (
+        "may use only " + ", ".join("{" + f + "}" for f in fields)
+        if fields
+        else "may use no {field}"
+    )
+    try:
+        formatted = value.format(
+            **{f: "/sample" if f.endswith(("root", "path")) else _SAMPLE for f in fields}
+        )
+    except (KeyError, IndexError, AttributeError, ValueError):
+        raise ValueError(allowed) from None
+    if path and (not SAFE_PATH.fullmatch(formatted) or ".." in formatted.split("/")):
+        raise ValueError(
+            f"must be an absolute path of letters, digits, '_', '.', '-', '/' ({allowed})"
+        )
+    return value
 
 
 class SettingsError(Exception):
@@ -123,6 +161,50 @@ class Settings(BaseSettings):
         "'accept-new': without that secret, the key presented at the first connection is "
         "pinned by creating it (OpenSSH's accept-new); a later change is refused either way.",
     )
+    # ---------------------------------------------------------------- the project's cluster
+    # What the provisioner's answers leave to configuration (docs/external-contracts.md,
+    # section 1): how the head node is reached, who logs in, where runs live.
+    provisioner_address: Literal["private", "public"] = Field(
+        "private", description="Which address of the head node is the SSH host."
+    )
+    provisioner_ssh_port: int = Field(22, ge=1, le=65535, description="SSH port of head nodes.")
+    provisioner_ssh_user: str = Field(
+        "sim",
+        description="Login of the simulation jobs when no provisioner answer of this process "
+        "named it (the GET answer does not).",
+    )
+    provisioner_admin_user: str = Field(
+        "ec2-user",
+        description="Login of the admin key (the elevated sync job); empty: the simulation user.",
+    )
+    user_key_secret_template: str = Field(
+        "{cluster_name}_sim",
+        description="Secret of the simulation user's private key when no provisioner answer "
+        "gave its ARN; empty: unknown until one does.",
+    )
+    admin_key_secret_template: str = Field(
+        "{cluster_name}",
+        description="Secret of the admin private key when no provisioner answer gave its ARN; "
+        "empty: unknown until one does.",
+    )
+    cluster_partition: str | None = Field(
+        None, description="Slurm partition of jobs that name none (the cluster's default)."
+    )
+    lustre_mount: str = Field("/obi/data", description="Where Lustre is mounted on a cluster.")
+    lustre_dra_path: str = Field(
+        "/project", description="The Nexus-DRA's path in the Lustre file system."
+    )
+    lustre_runs_root: str = Field(
+        "{dra_root}/{vlab_id}/{project_id}/runs",
+        description="Folder of the run folders on a cluster with Lustre.",
+    )
+    shared_path: str = Field(
+        "/sbo/home", description="The shared file system of a cluster without Lustre."
+    )
+    shared_runs_root: str = Field(
+        "{shared_path}/{ssh_user}/runs",
+        description="Folder of the run folders on a cluster without Lustre.",
+    )
 
     # ---------------------------------------------------------------- SSH to the clusters
     ssh_connect_timeout_seconds: float = Field(
@@ -206,6 +288,54 @@ class Settings(BaseSettings):
     hsm_poll_seconds: float = Field(
         10.0, gt=0, le=600, description="How often the sync job asks the HSM for its state."
     )
+
+    @field_validator("provisioner_ssh_user")
+    @classmethod
+    def _login(cls, value: str) -> str:
+        if not _LOGIN.fullmatch(value):
+            raise ValueError("must be a user name: 1-32 of a-z, 0-9, '_', '-', not first '-'")
+        return value
+
+    @field_validator("provisioner_admin_user")
+    @classmethod
+    def _admin_login(cls, value: str) -> str:
+        if value and not _LOGIN.fullmatch(value):
+            raise ValueError(
+                "must be empty or a user name: 1-32 of a-z, 0-9, '_', '-', not first '-'"
+            )
+        return value
+
+    @field_validator("cluster_partition")
+    @classmethod
+    def _partition(cls, value: str | None) -> str | None:
+        if value is not None and not _SCHEDULER_NAME.fullmatch(value):
+            raise ValueError("must be a Slurm name: 1-64 of letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("host_key_secret_template")
+    @classmethod
+    def _host_key_secret(cls, value: str) -> str:
+        return _template(value, ("cluster_name",), path=False, empty=False)
+
+    @field_validator("user_key_secret_template", "admin_key_secret_template")
+    @classmethod
+    def _key_secret(cls, value: str) -> str:
+        return _template(value, ("cluster_name", "vlab_id", "project_id"), path=False)
+
+    @field_validator("lustre_mount", "lustre_dra_path", "shared_path")
+    @classmethod
+    def _cluster_path(cls, value: str) -> str:
+        return _template(value, (), path=True, empty=False)
+
+    @field_validator("lustre_runs_root")
+    @classmethod
+    def _lustre_runs_root(cls, value: str) -> str:
+        return _template(value, ("dra_root", *_RUN_FIELDS), path=True, empty=False)
+
+    @field_validator("shared_runs_root")
+    @classmethod
+    def _shared_runs_root(cls, value: str) -> str:
+        return _template(value, ("shared_path", *_RUN_FIELDS), path=True, empty=False)
 
     @field_validator("nexus_endpoint")
     @classmethod
