@@ -31,6 +31,7 @@ from obp_workflow.adapters.fake.cluster_provisioner import (
 )
 from obp_workflow.adapters.fake.instance_orchestrator import FakeInstanceOrchestrator
 from obp_workflow.application.requests import Requests
+from obp_workflow.core.errors import ServiceUnavailable
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState, SimulationRun
@@ -308,3 +309,21 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_a_step_that_could_not_move_its_run_is_tried_again_soon_not_at_the_next_sweep(
+    world: World,
+) -> None:
+    """Registration waits for the job's accounting record, which slurmdbd writes a few seconds
+    after the job ends: the step answers "not yet", and the worker tries again, backing off
+    from half a second, long before its sweep (here 60 s)."""
+    for _ in range(3):
+        world.cluster.faults.fail_next("accounting", ServiceUnavailable("record not complete"))
+    with running(world.worker(replace(FAST, sweep=60))):
+        run = world.submit()
+        started = time.monotonic()
+        done = world.wait_for(run.run_id, lambda r: r.terminal, timeout=20)
+
+    assert done.state is RunState.DONE
+    assert time.monotonic() - started < 15
+    assert world.cluster.faults.calls["accounting"] >= 4

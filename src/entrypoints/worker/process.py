@@ -35,7 +35,7 @@ import luigi.configuration
 from obp_workflow.application.pipeline import Pipeline
 from obp_workflow.core.errors import DomainError
 from obp_workflow.core.identity import ProjectRef
-from obp_workflow.core.run import RunState
+from obp_workflow.core.run import RunBrief, RunState
 from obp_workflow.entrypoints.composition.logs import log_context
 from obp_workflow.ports.instances import InstanceOrchestrator
 from obp_workflow.ports.runs import RunRepository
@@ -48,6 +48,9 @@ log = logging.getLogger("obp_workflow.worker")
 
 #: Builds of one run in a row while each moves it on (a step done makes the next one ready).
 MAX_BUILDS_IN_A_ROW = 8
+#: A step that did not move its run (a transient answer: the accounting record not written
+#: yet, an outside service down) is tried again after this, doubling up to the sweep interval.
+FIRST_RETRY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class Worker:
         self._last_sweep = 0.0
         self._last_provisioning_poll = 0.0
         self._idle_since: float | None = None
+        #: Runs whose last build left them where they were: (state, retries so far, when next).
+        self._retries: dict[str, tuple[RunState, int, float]] = {}
+        self._retries_lock = threading.Lock()
 
     # ---------------------------------------------------------------- the process
 
@@ -152,13 +158,29 @@ class Worker:
                 if poll_provisioning:
                     self._await_cluster(brief.run_id)
                 continue
-            if (brief.run_id, brief.state) not in self._built:
+            if (brief.run_id, brief.state) not in self._built or self._retry_due(brief, now):
                 self._built.add((brief.run_id, brief.state))
                 self.dispatcher.dispatch(brief.project, brief.run_id)
         if briefs or self.dispatcher.busy:
             self._idle_since = None
         elif self._idle_since is None:
             self._idle_since = now
+
+    def _retry_due(self, brief: RunBrief, now: float) -> bool:
+        with self._retries_lock:
+            retry = self._retries.get(brief.run_id)
+        return retry is not None and retry[0] is brief.state and retry[2] <= now
+
+    def _built_without_progress(self, brief: RunBrief, moved: bool) -> None:
+        """Remember a run its build could not move, to try it again soon (backing off)."""
+        with self._retries_lock:
+            if moved or not brief.movable:
+                self._retries.pop(brief.run_id, None)
+                return
+            state, retries, _ = self._retries.get(brief.run_id, (brief.state, 0, 0.0))
+            retries = retries + 1 if state is brief.state else 1
+            wait = min(self.config.sweep, FIRST_RETRY_SECONDS * 2 ** (retries - 1))
+            self._retries[brief.run_id] = (brief.state, retries, self.clock() + wait)
 
     def _await_cluster(self, run_id: str) -> None:
         """The provisioning wait's poll: ask the provisioner; a run whose cluster is ready is
@@ -185,14 +207,17 @@ class Worker:
 
     def _build(self, project: ProjectRef, run_id: str) -> None:
         """Build the run's pipeline, again while each build moves it on."""
-        before = None
+        first = before = self.run_repository.get(project, run_id).brief()
         for _ in range(MAX_BUILDS_IN_A_ROW):
-            brief = self.run_repository.get(project, run_id).brief()
-            if not brief.movable or brief == before:
-                return
-            before = brief
-            with log_context(project=project, run_id=run_id, state=brief.state.value):
+            if not before.movable:
+                break
+            with log_context(project=project, run_id=run_id, state=before.state.value):
                 self._luigi_build(project, run_id)
+            after = self.run_repository.get(project, run_id).brief()
+            if after == before:
+                break
+            before = after
+        self._built_without_progress(before, moved=before != first)
 
     def _luigi_build(self, project: ProjectRef, run_id: str) -> None:
         luigi.build(
@@ -224,8 +249,25 @@ class Worker:
         self.retired = True
 
 
+class _ExpectedLuigiNoise(logging.Filter):
+    """What Luigi says of every build of a run that waits: its external tasks are not complete
+    yet, and a step that did not move its run left its dependants unfulfilled. The run's state
+    says what happened; these lines say nothing more."""
+
+    EXPECTED = ("does not exist (yet?)", "Unfulfilled dependency at run time", "Unfulfilled dep")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(expected in message for expected in self.EXPECTED)
+
+
 def _configure_luigi() -> None:
     """Luigi's client settings for short builds from threads (``docs/architecture.md``)."""
+    noise = _ExpectedLuigiNoise()
+    for name in ("luigi-interface", "luigi"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ExpectedLuigiNoise) for f in logger.filters):
+            logger.addFilter(noise)
     # luigi reads the two rpc settings itself, outside its [core] parameters: it warns.
     warnings.filterwarnings("ignore", message=".*rpc_retry_.*not consumed", module="luigi")
     config = luigi.configuration.get_config()
