@@ -317,7 +317,7 @@ def test_a_step_that_could_not_move_its_run_is_tried_again_soon_not_at_the_next_
     """Registration waits for the job's accounting record, which slurmdbd writes a few seconds
     after the job ends: the step answers "not yet", and the worker tries again, backing off
     from half a second, long before its sweep (here 60 s)."""
-    for _ in range(3):
+    for _ in range(6):
         world.cluster.faults.fail_next("accounting", ServiceUnavailable("record not complete"))
     with running(world.worker(replace(FAST, sweep=60))):
         run = world.submit()
@@ -326,4 +326,4 @@ def test_a_step_that_could_not_move_its_run_is_tried_again_soon_not_at_the_next_
 
     assert done.state is RunState.DONE
     assert time.monotonic() - started < 15
-    assert world.cluster.faults.calls["accounting"] >= 4
+    assert world.cluster.faults.calls["accounting"] >= 7
