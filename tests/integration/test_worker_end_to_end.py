@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,7 +242,8 @@ class World:
         with log.open("w") as err:
             process = subprocess.Popen(
                 [sys.executable, "-m", "obp_workflow.entrypoints.cli", "worker"],
-                env={**base, **environment},
+                # Every line the service writes, to look for secrets in them afterwards.
+                env={**base, **environment, "OBP_LOG_LEVEL": "DEBUG"},
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
@@ -257,6 +259,23 @@ class World:
                 process.kill()
                 status = None
         assert status == 0, f"the worker exited with {status}:\n{worker.tail()}"
+        self.assert_no_secret_in(worker.log.read_text(errors="replace"))
+
+    def assert_no_secret_in(self, text: str) -> None:
+        """A whole run's log lines hold no key and no token: not the SSH keys the worker read,
+        not the service's client secret, not a caller's token, no JWT at all."""
+        lines = text.splitlines()
+        assert lines, "the worker wrote no line"
+        for line in lines:
+            json.loads(line)  # one JSON object per line, nothing else (no stray traceback)
+        secrets = [CLIENT_SECRET, *self.tokens.values()]
+        for role in ("sim", "admin"):
+            key = stack().private_key(role)
+            secrets += [part for part in key.split() if len(part) > 16 and "PRIVATE" not in part]
+        for secret in secrets:
+            assert secret not in text
+        assert "PRIVATE KEY" not in text
+        assert re.search(r"eyJ[\w-]{8,}\.[\w-]{8,}\.", text) is None
 
 
 @dataclass
