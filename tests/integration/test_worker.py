@@ -327,3 +327,20 @@ def test_a_step_that_could_not_move_its_run_is_tried_again_soon_not_at_the_next_
     assert done.state is RunState.DONE
     assert time.monotonic() - started < 15
     assert world.cluster.faults.calls["accounting"] >= 7
+
+
+def test_a_killed_worker_process_leaves_no_luigid_behind() -> None:
+    process = worker_process(OBP_WORKER_IDLE_MINUTES="0", OBP_LOG_LEVEL="INFO")
+    try:
+        line = json.loads(_wait_for_line(process, "luigid (visualiser) on "))
+        port = int(line["message"].rsplit(":", 1)[1])
+        assert _listening(port)
+        process.kill()  # SIGKILL: no handler runs
+        process.wait(10)
+        deadline = time.monotonic() + 10
+        while _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _listening(port)  # luigid got its parent-death signal
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -76,6 +76,7 @@ class Luigid:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a terminal's ^C goes to the worker, which stops luigid
+            preexec_fn=_die_with_parent,  # noqa: PLW1509  (started before any thread)
         )
         deadline = time.monotonic() + self.start_timeout
         while not _listening(self.port):
@@ -97,6 +98,16 @@ class Luigid:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+
+def _die_with_parent() -> None:
+    """In the child, before luigid runs: SIGTERM when the worker dies, even by SIGKILL (Linux's
+    parent-death signal), so a killed worker never leaves its luigid behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _free_port() -> int:
