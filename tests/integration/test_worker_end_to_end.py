@@ -374,8 +374,8 @@ def deployment(
     }
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", name="world")
+def world_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     moto = fresh_moto()  # ECS tasks stay in the status they are started in
     # The signing credentials of the test process and of the workers (the task role's).
     credentials = botocore.session.get_session().get_credentials()

@@ -10,6 +10,8 @@ failed step may be retried by the next build at once (``retry_delay``).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("obp_workflow.worker")
@@ -76,7 +79,8 @@ class Luigid:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a terminal's ^C goes to the worker, which stops luigid
-            preexec_fn=_die_with_parent,  # noqa: PLW1509  (started before any thread)
+            # luigid gets SIGTERM when the worker dies, even by SIGKILL: never left behind.
+            preexec_fn=_parent_death_signal(),  # noqa: PLW1509  (only a C call in the child)
         )
         deadline = time.monotonic() + self.start_timeout
         while not _listening(self.port):
@@ -100,14 +104,14 @@ class Luigid:
             self._folder = None
 
 
-def _die_with_parent() -> None:
-    """In the child, before luigid runs: SIGTERM when the worker dies, even by SIGKILL (Linux's
-    parent-death signal), so a killed worker never leaves its luigid behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+def _parent_death_signal() -> Callable[[], object] | None:
+    """Linux's ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, looked up in the parent: the child, between
+    fork and exec, only calls it (no import, no lock that another thread could hold)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    return functools.partial(prctl, pr_set_pdeathsig, int(signal.SIGTERM))
 
 
 def _free_port() -> int:
