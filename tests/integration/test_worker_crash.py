@@ -12,10 +12,12 @@ service (Nexus answers the activity's write slowly).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +29,14 @@ from tests.integration.test_worker_end_to_end import (  # the module's peers and
     world_fixture,  # noqa: F401  (the module's peers, as the fixture ``world``)
     writes,
 )
-from tests.stack import tagged_ids
+from tests.stack import stack, tagged_ids
 
 Run = dict[str, Any]
+#: A submission in flight is held (the stack's sbatch waits) this long when the worker dies...
+SLOW_SBATCH_SECONDS = 2
+#: ... and a new worker takes it up after this lease (the default is 120 s; it must outlast any
+#: submission in flight, which the SSH command timeout bounds in a deployment).
+LEASE = {"OBP_SUBMIT_LEASE_SECONDS": "8"}
 
 
 def state_is(state: str) -> Callable[[Run], bool]:
@@ -37,7 +44,8 @@ def state_is(state: str) -> Callable[[Run], bool]:
 
 
 def submit_intent_recorded(run: Run) -> bool:
-    """Inside Submit: the intent is saved, the job not yet recorded."""
+    """Inside Submit: the intent is saved, ``sbatch`` is in flight (held by the stack's sbatch
+    for ``SLOW_SBATCH_SECONDS``), the job not yet recorded."""
     attempts = [e for e in run["timeline"] if e["reason"].startswith("submission attempt")]
     return bool(attempts) and run["job"]["job_id"] is None
 
@@ -58,11 +66,19 @@ KILL_POINTS: dict[str, Callable[[Run], bool]] = {
 }
 
 
+def slow_next_sbatch(seconds: float) -> None:
+    """The stack's sbatch waits ``seconds`` before the next submission of the simulation user
+    (its flag file, consumed by that call; ``scripts/stack/README.md``)."""
+    user = stack().user("sim")
+    flag = Path(stack().home("sim")) / ".obp-test-slow-sbatch"
+    flag.write_text(str(seconds))
+    shutil.chown(flag, user, user)
+
+
 def spawn(world: World, project: ProjectRef, name: str) -> subprocess.Popen[bytes]:
-    """A worker process as ECS starts it (a short submission lease, so that a submission
-    killed in flight is taken up again within the test)."""
+    """A worker process as ECS starts it, with the short submission lease."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("OBP_")}
-    environment = world.instance_environment(project) | {"OBP_SUBMIT_LEASE_SECONDS": "3"}
+    environment = world.instance_environment(project) | LEASE
     log = (world.logs / f"crash-{name}-{project.project_id}.log").open("w")
     return subprocess.Popen(
         [sys.executable, "-m", "obp_workflow.entrypoints.cli", "worker"],
@@ -90,6 +106,8 @@ def test_a_worker_killed_and_started_again_ends_the_run_once(world: World, kill_
     project = world.new_project(lustre=True)
     if kill_point == "inside-register":
         world.nexus.slow_next(delay=8, match=lambda method, path: method == "PUT")
+    if kill_point == "inside-submit":
+        slow_next_sbatch(SLOW_SBATCH_SECONDS)
     run_id = world.post(project, writes(OUTPUTS, seconds=1))["run_id"]
     tag = f"obp-{run_id}"
     world.tags.append(tag)
@@ -102,7 +120,7 @@ def test_a_worker_killed_and_started_again_ends_the_run_once(world: World, kill_
         first.wait(10)
     world.nexus.clear_faults()
 
-    with world.worker(project) as worker:
+    with world.worker(project, **LEASE) as worker:
         run = world.wait_for(worker, project, run_id, lambda r: r["terminal"], timeout=120)
 
     assert run["state"] == "DONE", run["failure_reason"]
@@ -116,6 +134,28 @@ def test_a_worker_killed_and_started_again_ends_the_run_once(world: World, kill_
         for e in world.nexus._entries.get((org, nexus_project), {}).values()
         if e.kind == "resource"
     ]
-    activities = [e for e in resources if "WorkflowExecution" in e.types]
+    activities = [e for e in resources if any(t.endswith("WorkflowExecution") for t in e.types)]
     assert len(activities) == 1
     assert len(resources) == 1 + len(OUTPUTS)
+
+
+@pytest.mark.stack
+def test_two_workers_of_one_project_by_mistake_submit_each_job_once(world: World) -> None:
+    project = world.new_project(lustre=False)
+    run_ids = [world.post(project, writes(OUTPUTS, seconds=1))["run_id"] for _ in range(6)]
+    world.tags.extend(f"obp-{run_id}" for run_id in run_ids)
+
+    second = spawn(world, project, "second")  # the same project's instance, started twice
+    try:
+        with world.worker(project, **LEASE) as worker:
+            ended = [
+                world.wait_for(worker, project, run_id, lambda r: r["terminal"], timeout=120)
+                for run_id in run_ids
+            ]
+    finally:
+        second.terminate()
+        assert second.wait(30) == 0
+
+    assert [run["state"] for run in ended] == ["DONE"] * len(run_ids)
+    for run_id in run_ids:
+        assert len(tagged_ids(f"obp-{run_id}")) == 1

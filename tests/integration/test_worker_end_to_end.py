@@ -232,10 +232,11 @@ class World:
         return environment
 
     @contextmanager
-    def worker(self, project: ProjectRef) -> Iterator[WorkerProcess]:
-        """The project's workflow instance as ECS starts it; SIGTERM at the end: exit 0."""
+    def worker(self, project: ProjectRef, **settings: str) -> Iterator[WorkerProcess]:
+        """The project's workflow instance as ECS starts it (with ``settings`` on top, e.g.
+        ``OBP_SUBMIT_LEASE_SECONDS``); SIGTERM at the end: exit 0."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("OBP_")}
-        environment = self.instance_environment(project)
+        environment = self.instance_environment(project) | settings
         assert environment["OBP_VIRTUAL_LAB_ID"] == project.virtual_lab_id
         assert environment["OBP_PROJECT_ID"] == project.project_id
         log = self.logs / f"worker-{project.project_id}.log"
