@@ -42,9 +42,9 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -363,26 +363,24 @@ class DynamoRunRepository(RunRepository):
         )
 
     def _scan(self, index: str, doing: str) -> Iterator[Item]:
+        """Every item of an index, page after page."""
         scan: ScanInputTypeDef = {"TableName": self.table_name, "IndexName": index}
-        while True:
-            with self._aws(doing):
-                answer = self._client.scan(**scan)
-            yield from answer.get("Items", [])
-            start = answer.get("LastEvaluatedKey")
-            if not start:
-                return
-            scan["ExclusiveStartKey"] = start
+        yield from self._pages(self._client.scan, scan, doing)
 
     def _query(self, query: QueryInputTypeDef, doing: str) -> Iterator[Item]:
         """Every item the query matches, page after page."""
+        yield from self._pages(self._client.query, query, doing)
+
+    def _pages(self, call: Callable[..., Any], request: Any, doing: str) -> Iterator[Item]:
+        """Every item of a paginated read (a query or a scan), following LastEvaluatedKey."""
         while True:
             with self._aws(doing):
-                answer = self._client.query(**query)
+                answer = call(**request)
             yield from answer.get("Items", [])
             start = answer.get("LastEvaluatedKey")
             if not start:
                 return
-            query["ExclusiveStartKey"] = start
+            request["ExclusiveStartKey"] = start
 
     @contextmanager
     def _aws(self, doing: str) -> Iterator[None]:

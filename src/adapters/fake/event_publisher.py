@@ -8,7 +8,7 @@ from obp_workflow.ports.system import EventPublisher
 
 
 class FakeEventPublisher(EventPublisher):
-    """Keeps every published event, in order; optionally calls a listener."""
+    """Keeps every published event, in order."""
 
     def __init__(self) -> None:
         self.published: list[tuple[ProjectRef, str, RunEvent]] = []

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import luigi
@@ -109,8 +109,9 @@ class Worker:
             self.project,
             self.luigid.url,
         )
+        # After a crash or a redeploy, the first poll builds every unfinished run again from its
+        # persisted state (Submit looks its job up by tag before submitting anything).
         try:
-            self._reconcile()
             while not self.stopping.is_set():
                 started = self.clock()
                 self.tick()
@@ -161,6 +162,7 @@ class Worker:
             if (brief.run_id, brief.state) not in self._built or self._retry_due(brief, now):
                 self._built.add((brief.run_id, brief.state))
                 self.dispatcher.dispatch(brief.project, brief.run_id)
+        self._forget_retries_but(brief.run_id for brief in briefs)
         if briefs or self.dispatcher.busy:
             self._idle_since = None
         elif self._idle_since is None:
@@ -170,6 +172,13 @@ class Worker:
         with self._retries_lock:
             retry = self._retries.get(brief.run_id)
         return retry is not None and retry[0] is brief.state and retry[2] <= now
+
+    def _forget_retries_but(self, run_ids: Iterable[str]) -> None:
+        """Runs that ended (or left the project) need no retry."""
+        keep = set(run_ids)
+        with self._retries_lock:
+            for run_id in [r for r in self._retries if r not in keep]:
+                del self._retries[run_id]
 
     def _built_without_progress(self, brief: RunBrief, moved: bool) -> None:
         """Remember a run its build could not move, to try it again soon (backing off)."""
@@ -191,17 +200,6 @@ class Worker:
                     self.dispatcher.dispatch(self.project, run_id)
             except DomainError as exc:
                 log.warning("provisioning poll failed: %s", exc.message)
-
-    def _reconcile(self) -> None:
-        """After a crash or a redeploy: every unfinished run is built again, from its
-        persisted state (Submit looks its job up by tag before submitting anything)."""
-        briefs = self.pipeline.unfinished(self.project)
-        log.info("reconciling %d unfinished run(s)", len(briefs))
-        for brief in briefs:
-            if brief.movable and brief.state is not RunState.PROVISIONING:
-                self._built.add((brief.run_id, brief.state))
-                self.dispatcher.dispatch(brief.project, brief.run_id)
-        self._last_sweep = self.clock()
 
     # ---------------------------------------------------------------- one build
 
