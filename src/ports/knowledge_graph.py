@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from obp_workflow.core.jobs import JobAccounting
 from obp_workflow.core.run import RunHeader
@@ -32,6 +32,18 @@ class Registration:
     entity_ids: Sequence[str]
 
 
+@dataclass(frozen=True)
+class RecordedProvenance:
+    """What the graph holds of one run, read back: its activity and one entity per output,
+    each the JSON-LD document at its latest revision."""
+
+    activity_id: str
+    activity: Mapping[str, Any]
+    entities: Sequence[Mapping[str, Any]]
+    revision: int
+    withdrawn: bool = False
+
+
 @runtime_checkable
 class KnowledgeGraph(Protocol):
     @abstractmethod
@@ -48,3 +60,8 @@ class KnowledgeGraph(Protocol):
     def withdraw(self, run: RunHeader) -> None:
         """Mark what a cancelled run registered (its activity and entities) as withdrawn.
         Idempotent; nothing happens when nothing was registered."""
+
+    @abstractmethod
+    def read(self, run: RunHeader) -> RecordedProvenance | None:
+        """What the graph holds of the run (withdrawn included), or None when nothing was
+        registered."""

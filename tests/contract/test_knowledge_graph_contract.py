@@ -240,3 +240,33 @@ def test_withdraw_also_withdraws_the_linked_files(
     h.graph.withdraw(prov.header)
     for path in CONTENTS:
         assert h.linked(prov.header, path) is None
+
+
+# ==================================================================== reading back
+
+
+def test_read_gives_back_the_activity_and_its_entities_at_their_latest_revision(
+    knowledge_graph_harness: KnowledgeGraphHarness,
+) -> None:
+    h = knowledge_graph_harness
+    prov = provenance()
+    assert h.graph.read(prov.header) is None
+    reg = h.graph.register(prov)
+    first = h.graph.read(prov.header)
+    assert first is not None
+    assert first.activity_id == reg.activity_id
+    assert first.activity["@id"] == reg.activity_id
+    assert sorted(e["@id"] for e in first.entities) == sorted(reg.entity_ids)
+    assert not first.withdrawn
+    assert first.revision >= 1
+    h.graph.withdraw(prov.header)
+    withdrawn = h.graph.read(prov.header)
+    assert withdrawn is not None
+    assert withdrawn.withdrawn
+
+
+def test_read_is_confined_to_its_run(knowledge_graph_harness: KnowledgeGraphHarness) -> None:
+    h = knowledge_graph_harness
+    h.graph.register(provenance(PROJECT_A))
+    other = provenance(PROJECT_B)
+    assert h.graph.read(other.header) is None

@@ -12,7 +12,12 @@ from obp_workflow.core.errors import SyncIncomplete
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import SyncedFile
-from obp_workflow.ports.knowledge_graph import KnowledgeGraph, Registration, RunProvenance
+from obp_workflow.ports.knowledge_graph import (
+    KnowledgeGraph,
+    RecordedProvenance,
+    Registration,
+    RunProvenance,
+)
 from obp_workflow.ports.objects import ObjectStore
 
 from .faults import Faults
@@ -116,6 +121,26 @@ class FakeKnowledgeGraph(KnowledgeGraph):
                 if ident.startswith(prefix + "/"):
                     self.links[ident] = replace(link, withdrawn=True)
         self.faults.after("withdraw")
+
+    def read(self, run: RunHeader) -> RecordedProvenance | None:
+        act = activity_id(run.project, run.run_id)
+        with self._lock:
+            found = self.resources.get(act)
+            if found is None:
+                return None
+            revision, body = found
+            entities = [
+                {"@id": ident, **self.resources[ident][1]}
+                for ident in body.get("generated", [])
+                if ident in self.resources
+            ]
+        return RecordedProvenance(
+            activity_id=act,
+            activity={"@id": act, **body},
+            entities=entities,
+            revision=revision,
+            withdrawn=bool(body.get("_deprecated")),
+        )
 
     def upload_file(self, file_id: str, data: bytes) -> str:
         """Store a file (idempotent by id and digest); its digest."""

@@ -21,10 +21,17 @@ so it is idempotent and does nothing for a run that registered nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.run import RunHeader
 from obp_workflow.core.sync import SyncedFile
-from obp_workflow.ports.knowledge_graph import KnowledgeGraph, Registration, RunProvenance
+from obp_workflow.ports.knowledge_graph import (
+    KnowledgeGraph,
+    RecordedProvenance,
+    Registration,
+    RunProvenance,
+)
 
 from .files import NexusFile, NexusRunFiles
 from .provenance import (
@@ -92,6 +99,30 @@ class NexusKnowledgeGraph(NexusRunFiles, KnowledgeGraph):
             lambda ident: self.nexus.deprecate_file(org, project, ident + "/file"), entities
         )
         self.nexus.deprecate(org, project, act)
+
+    def read(self, run: RunHeader) -> RecordedProvenance | None:
+        org, project = self.project_for(run.project)
+        act = self.activity_id(run.project, run.run_id)
+        activity = self.nexus.fetch(org, project, act)
+        if activity is None:
+            return None
+        prefix = act + "/outputs/"
+        named = [i for i in ids_of(activity.get("generated")) if i.startswith(prefix)]
+        found: dict[str, dict[str, Any]] = {}
+
+        def fetch(ident: str) -> None:
+            entity = self.nexus.fetch(org, project, ident)
+            if entity is not None:
+                found[ident] = entity
+
+        self.nexus.each(fetch, named)
+        return RecordedProvenance(
+            activity_id=act,
+            activity=activity,
+            entities=[found[i] for i in named if i in found],
+            revision=int(activity.get("_rev", 1)),
+            withdrawn=activity.get("_deprecated") is True,
+        )
 
     # ================================================================ plumbing
 
