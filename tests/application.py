@@ -9,7 +9,7 @@ from obp_workflow.application.clusters import ClusterDirectory
 from obp_workflow.application.pipeline import Pipeline
 from obp_workflow.application.policy import ServicePolicy
 from obp_workflow.application.recorder import RunRecorder
-from obp_workflow.application.requests import Requests, RunLogs
+from obp_workflow.application.requests import Requests, RunLogs, RunProvenanceReader
 from obp_workflow.ports.cluster import ClusterGateway, ClusterProvisioner
 from obp_workflow.ports.instances import InstanceOrchestrator
 from obp_workflow.ports.knowledge_graph import KnowledgeGraph
@@ -52,6 +52,7 @@ def application(
         clock=clock,
         id_generator=id_generator,
         run_logs=lambda: run_logs,
+        run_provenance=lambda: RunProvenanceReader(knowledge_graph),
     )
     pipeline = Pipeline(
         run_repository=run_repository,

@@ -1,9 +1,9 @@
-"""What the API asks of the service: submit, get, list, cancel, log, instance.
+"""What the API asks of the service: submit, get, list, cancel, log, provenance, instance.
 
 Every request checks the caller's rights against the project in its path (the access table of
-``core/identity.py``). Nothing here touches a cluster except ``log``, whose cluster access is
-built on the first log request: the API that only records runs and starts instances never
-loads the cluster adapter.
+``core/identity.py``). Nothing here touches a cluster except ``log``, nor the knowledge graph
+except ``provenance``; each builds its outside access on its first request: the API that only
+records runs and starts instances never loads the cluster or the knowledge graph adapter.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from obp_workflow.core.errors import (
     FieldError,
     IdempotencyConflict,
     InvalidRequest,
+    NotFound,
     ServiceUnavailable,
 )
 from obp_workflow.core.identity import Action, Principal, ProjectRef, authorize
@@ -24,6 +25,7 @@ from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import Requester, RunHeader, RunState, SimulationRun
 from obp_workflow.ports.cluster import ClusterGateway
 from obp_workflow.ports.instances import InstanceInfo, InstanceOrchestrator
+from obp_workflow.ports.knowledge_graph import KnowledgeGraph, RecordedProvenance
 from obp_workflow.ports.runs import Page, RunRepository
 from obp_workflow.ports.system import Clock, IdGenerator
 
@@ -53,6 +55,19 @@ class RunLogs:
         return self.cluster_gateway.tail_log(cluster, cluster.run_folder(run.run_id), size)
 
 
+class RunProvenanceReader:
+    """What the knowledge graph holds of a run: its activity and entities, as registered."""
+
+    def __init__(self, knowledge_graph: KnowledgeGraph) -> None:
+        self.knowledge_graph = knowledge_graph
+
+    def read(self, run: SimulationRun) -> RecordedProvenance:
+        found = self.knowledge_graph.read(run.header)
+        if found is None:
+            raise NotFound(f"run {run.run_id} has nothing registered in the knowledge graph")
+        return found
+
+
 class Requests:
     def __init__(
         self,
@@ -63,6 +78,7 @@ class Requests:
         clock: Clock,
         id_generator: IdGenerator,
         run_logs: Callable[[], RunLogs],
+        run_provenance: Callable[[], RunProvenanceReader],
     ) -> None:
         self.run_repository = run_repository
         self.instance_orchestrator = instance_orchestrator
@@ -70,6 +86,7 @@ class Requests:
         self.clock = clock
         self.id_generator = id_generator
         self._run_logs = run_logs
+        self._run_provenance = run_provenance
 
     def submit(
         self,
@@ -157,6 +174,14 @@ class Requests:
         """The end of the run's job log, read from the cluster."""
         run = self.get(principal, project, run_id)
         return self._run_logs().tail(run, max_bytes)
+
+    def provenance(
+        self, principal: Principal, project: ProjectRef, run_id: str
+    ) -> RecordedProvenance:
+        """What the knowledge graph holds of the run (withdrawn included); NotFound when
+        nothing was registered."""
+        run = self.get(principal, project, run_id)
+        return self._run_provenance().read(run)
 
     def instance(self, principal: Principal, project: ProjectRef) -> InstanceInfo | None:
         authorize(principal, project, Action.READ_INSTANCE)

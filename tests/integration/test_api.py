@@ -252,6 +252,65 @@ def test_the_log_is_the_end_of_the_jobs_log(world: World) -> None:
     assert_problem(bad, 422, "invalid-request")
 
 
+def test_the_outputs_are_the_synchronised_files_once_confirmed(world: World) -> None:
+    project = new_project()
+    who = world.login(member(project))
+    run_id = submit(world, project, who, WITH_OUTPUTS)["run_id"]
+    url = f"{runs_url(project)}/{run_id}/outputs"
+    before = world.client.get(url, headers=who)
+    world.drive(project, run_id, lambda r: r.terminal)
+
+    after = world.client.get(url, headers=who)
+
+    assert before.status_code == 200
+    assert before.json() == {"run_id": run_id, "state": "ACCEPTED", "synced": False, "files": []}
+    assert after.status_code == 200
+    body = after.json()
+    assert body["state"] == "DONE"
+    assert body["synced"] is True
+    [spikes] = body["files"]
+    assert spikes["path"] == "output/spikes.h5"
+    assert spikes["size"] > 0
+    assert spikes["location"]
+    assert set(spikes) == {"path", "size", "location", "digest"}  # digest: null on Lustre
+    view = world.client.get(f"{runs_url(project)}/{run_id}", headers=who).json()
+    assert body["files"] == view["sync"]["files"]
+
+
+def test_the_provenance_is_what_the_graph_holds_of_the_run(world: World) -> None:
+    project = new_project()
+    who = world.login(member(project))
+    run_id = submit(world, project, who, WITH_OUTPUTS)["run_id"]
+    url = f"{runs_url(project)}/{run_id}/provenance"
+    before = world.client.get(url, headers=who)
+    world.drive(project, run_id, lambda r: r.terminal)
+
+    after = world.client.get(url, headers=who)
+
+    problem = assert_problem(before, 404, "not-found")
+    assert "nothing registered" in problem["detail"]
+    assert after.status_code == 200, after.text
+    body = after.json()
+    run = world.client.get(f"{runs_url(project)}/{run_id}", headers=who).json()
+    assert body["run_id"] == run_id
+    assert body["activity_id"] == run["knowledge_graph"]["activity_id"]
+    assert body["activity"]["@id"] == body["activity_id"]
+    assert body["revision"] >= 1
+    assert body["withdrawn"] is False
+    assert [e["@id"] for e in body["entities"]] == run["knowledge_graph"]["entity_ids"]
+    assert body["entities"][0]["wasGeneratedBy"] == body["activity_id"]
+
+
+def test_outputs_and_provenance_of_an_unknown_run_are_not_found(world: World) -> None:
+    project = new_project()
+    who = world.login(member(project))
+
+    for what in ("outputs", "provenance"):
+        response = world.client.get(f"{runs_url(project)}/no-such-run/{what}", headers=who)
+        problem = assert_problem(response, 404, "not-found")
+        assert "no-such-run" in problem["detail"]
+
+
 def test_listing_pages_through_the_runs_newest_first(world: World) -> None:
     project = new_project()
     who = world.login(member(project))
@@ -926,6 +985,8 @@ def test_a_member_of_another_project_can_do_nothing_in_this_one(
         "read": world.client.get(f"{base}/{victim}", headers=who),
         "read-missing": world.client.get(f"{base}/no-such-run", headers=who),
         "log": world.client.get(f"{base}/{victim}/log", headers=who),
+        "outputs": world.client.get(f"{base}/{victim}/outputs", headers=who),
+        "provenance": world.client.get(f"{base}/{victim}/provenance", headers=who),
         "cancel": world.client.post(f"{base}/{victim}/cancel", headers=who),
         "submit": world.client.post(base, json=REQUEST, headers=who),
         "instance": world.client.get(base.replace("/runs", "/instance"), headers=who),

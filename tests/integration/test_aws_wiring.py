@@ -213,16 +213,26 @@ run_id = json.loads(posted["body"])["run_id"]
 got = lambda_api.handler(event("GET", f"{path}/{run_id}"), None)
 assert got["statusCode"] == 200, got
 assert json.loads(got["body"])["state"] == "ACCEPTED", got
+outputs = lambda_api.handler(event("GET", f"{path}/{run_id}/outputs"), None)
+assert outputs["statusCode"] == 200, outputs
+assert json.loads(outputs["body"])["synced"] is False, outputs
+print(json.dumps(sorted(sys.modules)))
+provenance = lambda_api.handler(event("GET", f"{path}/{run_id}/provenance"), None)
+assert provenance["statusCode"] == 404, provenance
+assert "nothing registered" in json.loads(provenance["body"])["detail"], provenance
 print(json.dumps(sorted(sys.modules)))
 """
 
 
 def test_the_api_lambdas_first_post_and_get_on_aws_build_only_the_requests_side(
-    aws_service: Service,
+    aws_service: Service, nexus: NexusServer
 ) -> None:
     """A fresh interpreter, as a Lambda's cold start: the POST stores the run in DynamoDB and
-    starts the ECS task, the GET reads it back; neither loads the cluster, Nexus or Luigi."""
+    starts the ECS task, the GETs of the run and of its outputs read it back; none loads the
+    cluster, Nexus or Luigi. Only a provenance request then loads the Nexus adapter (and asks
+    Nexus, which holds nothing of the run)."""
     settings = aws_service.settings()
+    nexus.create_project(*aws_service.knowledge_graph().project_for(PROJECT))
     environment = {k: v for k, v in os.environ.items() if not k.startswith("OBP_")} | {
         f"OBP_{name.upper()}": str(value)
         for name, value in settings.model_dump().items()
@@ -236,10 +246,10 @@ def test_the_api_lambdas_first_post_and_get_on_aws_build_only_the_requests_side(
         check=False,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    modules, after_provenance = (set(json.loads(line)) for line in out.stdout.splitlines()[-2:])
 
-    def loaded(*names: str) -> set[str]:
-        return {m for m in modules for n in names if m == n or m.startswith(n + ".")}
+    def loaded(*names: str, among: set[str] = modules) -> set[str]:
+        return {m for m in among for n in names if m == n or m.startswith(n + ".")}
 
     assert loaded("obp_workflow.adapters.aws.dynamodb", "obp_workflow.adapters.aws.ecs")
     assert loaded("paramiko", "luigi") == set()
@@ -253,6 +263,10 @@ def test_the_api_lambdas_first_post_and_get_on_aws_build_only_the_requests_side(
         )
         == set()
     )
+    assert "obp_workflow.adapters.nexus.graph" in loaded(
+        "obp_workflow.adapters.nexus", among=after_provenance
+    )
+    assert loaded("paramiko", "luigi", among=after_provenance) == set()
     ecs = aws_client("ecs")
     tasks = ecs.list_tasks(cluster=settings.ecs_cluster, startedBy=PROJECT.key)
     assert len(tasks["taskArns"]) == 1

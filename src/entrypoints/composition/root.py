@@ -3,9 +3,10 @@
 Nothing is built at import time: ``build(settings)`` makes a container, and its providers make
 each adapter the first time it is needed. The container offers the two use-case objects:
 ``requests`` (what the API asks: it needs the repository, the instance orchestrator, the clock
-and ids, and the cluster only for a log) and ``pipeline`` (what drives runs: every port). The
-adapter families live in their own modules (:mod:`.fake`, :mod:`.aws`), imported when asked
-for: the production service never imports the in-memory adapters, nor the tests the AWS ones.
+and ids, the cluster only for a log and the knowledge graph only for a run's provenance) and
+``pipeline`` (what drives runs: every port). The adapter families live in their own modules
+(:mod:`.fake`, :mod:`.aws`), imported when asked for: the production service never imports
+the in-memory adapters, nor the tests the AWS ones.
 
 Each slot bears the snake-case name of its port (``cluster_gateway`` for ``ClusterGateway``):
 the same name is the family's attribute and the override key of ``build``.
@@ -22,7 +23,7 @@ from obp_workflow.application.clusters import ClusterDirectory
 from obp_workflow.application.pipeline import Pipeline
 from obp_workflow.application.policy import ServicePolicy
 from obp_workflow.application.recorder import RunRecorder
-from obp_workflow.application.requests import Requests, RunLogs
+from obp_workflow.application.requests import Requests, RunLogs, RunProvenanceReader
 from obp_workflow.core.sync import SyncLimits
 from obp_workflow.ports.cluster import ClusterGateway, ClusterProvisioner
 from obp_workflow.ports.identity import TokenVerifier
@@ -90,6 +91,7 @@ class Service(containers.DeclarativeContainer):
     run_logs = providers.Singleton(
         RunLogs, clusters, cluster_gateway, policy.provided.max_log_bytes
     )
+    run_provenance = providers.Singleton(RunProvenanceReader, knowledge_graph)
     requests = providers.Singleton(
         Requests,
         run_repository=run_repository,
@@ -98,6 +100,7 @@ class Service(containers.DeclarativeContainer):
         clock=clock,
         id_generator=id_generator,
         run_logs=run_logs.provider,  # the cluster is built on the first log request
+        run_provenance=run_provenance.provider,  # the graph, on the first provenance request
     )
     pipeline = providers.Singleton(
         Pipeline,

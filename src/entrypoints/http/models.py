@@ -6,7 +6,7 @@ here is presentation, built from the domain's objects by the ``*_view`` function
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -24,6 +24,7 @@ from obp_workflow.core.errors import (
 from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunEvent, RunState, SimulationRun
 from obp_workflow.ports.instances import InstanceInfo
+from obp_workflow.ports.knowledge_graph import RecordedProvenance
 from obp_workflow.ports.runs import Page
 
 #: Problem types are ``PROBLEM_TYPE_BASE + kind``; the kinds are the domain errors' stable kinds.
@@ -224,6 +225,30 @@ class RunLog(_Model):
     text: str = Field(description="The end of the job's log (empty before the job exists).")
 
 
+class RunOutputs(_Model):
+    """The run's outputs as synchronised out of the cluster (relative path, size, digest, where
+    they are now)."""
+
+    run_id: str
+    state: RunState
+    synced: bool = Field(
+        description="The outputs are confirmed at their destination. False (and `files` empty) "
+        "until then; a run that ended without (FAILED, CANCELLED before its sync) stays false."
+    )
+    files: list[SyncedFileView]
+
+
+class RunProvenanceView(_Model):
+    """What the knowledge graph holds of the run, each document as the graph returns it."""
+
+    run_id: str
+    activity_id: str
+    revision: int = Field(description="The activity's latest revision in the graph.")
+    withdrawn: bool = Field(description="The registration was withdrawn (the run cancelled).")
+    activity: dict[str, Any] = Field(description="The run's activity (JSON-LD).")
+    entities: list[dict[str, Any]] = Field(description="One entity per output (JSON-LD).")
+
+
 class CancelRequest(_Model):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
@@ -296,18 +321,42 @@ def run_view(run: SimulationRun) -> RunView:
             job_id=run.sync_job_id,
             problem=run.sync_problem,
             outcome="confirmed" if outcome is not None else "pending",
-            files=[
-                SyncedFileView(
-                    path=f.relative_path, size=f.size, location=f.location, digest=f.digest
-                )
-                for f in (outcome.files if outcome is not None else ())
-            ],
+            files=_synced_files(run),
         ),
         knowledge_graph=KnowledgeGraphView(
             activity_id=run.kg_activity_id, entity_ids=list(run.kg_entity_ids)
         ),
         timeline=[_timeline_entry(e) for e in run.events],
     )
+
+
+def run_outputs(run: SimulationRun) -> RunOutputs:
+    outcome = run.sync_outcome
+    return RunOutputs(
+        run_id=run.run_id,
+        state=run.state,
+        synced=outcome is not None,
+        files=_synced_files(run),
+    )
+
+
+def run_provenance(run_id: str, recorded: RecordedProvenance) -> RunProvenanceView:
+    return RunProvenanceView(
+        run_id=run_id,
+        activity_id=recorded.activity_id,
+        revision=recorded.revision,
+        withdrawn=recorded.withdrawn,
+        activity=dict(recorded.activity),
+        entities=[dict(e) for e in recorded.entities],
+    )
+
+
+def _synced_files(run: SimulationRun) -> list[SyncedFileView]:
+    outcome = run.sync_outcome
+    return [
+        SyncedFileView(path=f.relative_path, size=f.size, location=f.location, digest=f.digest)
+        for f in (outcome.files if outcome is not None else ())
+    ]
 
 
 def _timeline_entry(event: RunEvent) -> TimelineEntry:

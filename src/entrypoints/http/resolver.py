@@ -141,7 +141,7 @@ def query_names(func: Callable[..., Any]) -> frozenset[str]:
 PROBLEM_DESCRIPTIONS = {
     401: "No valid bearer token",
     403: "The caller may not do this in the project",
-    404: "No such project (for this caller) or run",
+    404: "No such project (for this caller) or run; for provenance, nothing registered yet",
     409: "Conflicts with the run's state or with an earlier use of the Idempotency-Key",
     413: f"The body is larger than {MAX_BODY_BYTES} bytes",
     415: "The body is not application/json (UTF-8)",

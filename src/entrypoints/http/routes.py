@@ -24,10 +24,14 @@ from .models import (
     Health,
     InstanceView,
     RunLog,
+    RunOutputs,
     RunPage,
+    RunProvenanceView,
     RunView,
     instance_view,
+    run_outputs,
     run_page,
+    run_provenance,
     run_view,
 )
 from .resolver import JSON, app, route
@@ -162,6 +166,43 @@ def run_log(
 ) -> Response[RunLog]:
     text = _requests().log(_principal(), _project(vlab, project), run, max_bytes)
     return Response(200, JSON, RunLog(run_id=run, max_bytes=max_bytes, text=text))
+
+
+@route(
+    "GET",
+    RUNS + "/<run>/outputs",
+    success=(
+        200,
+        RunOutputs,
+        "The run's synchronised outputs: `synced` is false and the list empty until its sync "
+        "is confirmed",
+    ),
+    problems=(404, 422, 503),
+    operation_id="getRunOutputs",
+    summary="List a run's synchronised outputs",
+    tag="runs",
+)
+def get_run_outputs(vlab: VlabId, project: ProjectId, run: RunId) -> Response[RunOutputs]:
+    found = _requests().get(_principal(), _project(vlab, project), run)
+    return Response(200, JSON, run_outputs(found))
+
+
+@route(
+    "GET",
+    RUNS + "/<run>/provenance",
+    success=(
+        200,
+        RunProvenanceView,
+        "What the knowledge graph holds of the run (404 while nothing is registered)",
+    ),
+    problems=(404, 422, 503),
+    operation_id="getRunProvenance",
+    summary="Read a run's provenance from the knowledge graph",
+    tag="runs",
+)
+def get_run_provenance(vlab: VlabId, project: ProjectId, run: RunId) -> Response[RunProvenanceView]:
+    recorded = _requests().provenance(_principal(), _project(vlab, project), run)
+    return Response(200, JSON, run_provenance(run, recorded))
 
 
 @route(
