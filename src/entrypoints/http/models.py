@@ -210,6 +210,7 @@ class RunSummary(_Model):
     updated_at: AwareDatetime
     job_id: str | None
     failure_reason: str | None
+    last_reason: str = Field(description="The reason of the run's latest recorded change.")
 
 
 class RunPage(_Model):
@@ -386,6 +387,7 @@ def run_summary(run: SimulationRun) -> RunSummary:
         updated_at=run.updated_at,
         job_id=run.job_id,
         failure_reason=run.failure_reason,
+        last_reason=run.events[-1].reason if run.events else "",
     )
 
 
