@@ -91,9 +91,10 @@ def environment(url: str, **changes: str | None) -> dict[str, str]:
     return env
 
 
-def cli(url: str, *args: str, **env: str | None) -> Result:
+def cli(url: str, *args: str, stdin: str | None = None, **env: str | None) -> Result:
     done = subprocess.run(
         [CLI, *args],
+        input=stdin,
         env=environment(url, **env),
         capture_output=True,
         text=True,
@@ -152,6 +153,16 @@ def test_submit_sends_a_request_file_and_prints_the_run_id(api_url: str, tmp_pat
     )
     assert sent["resources"]["nodes"] == 2
     assert sent["resources"]["time_limit_minutes"] == 30
+
+
+def test_submit_reads_the_request_from_stdin(api_url: str) -> None:
+    body = json.dumps({"command": ["from-stdin"], "name": "piped"})
+
+    result = cli(api_url, "submit", "-", stdin=body)
+
+    assert result.code == 0, result.err
+    request = run_json(api_url, result.out.strip())["request"]
+    assert (request["command"], request["name"]) == (["from-stdin"], "piped")
 
 
 def test_submit_builds_the_request_from_flags(api_url: str) -> None:
@@ -354,10 +365,15 @@ def test_provenance_of_a_run_with_nothing_registered_is_a_404(api_url: str) -> N
 # ================================================================ watch
 
 
-def test_watch_of_a_run_cancelled_elsewhere_exits_1(api_url: str) -> None:
-    run_id = submit(api_url)
+@pytest.mark.parametrize("how", ["watch", "submit-watch"])
+def test_watch_of_a_run_cancelled_elsewhere_exits_1(api_url: str, how: str) -> None:
+    if how == "watch":
+        run_id = submit(api_url)
+        command = [CLI, "watch", run_id, "--interval", "0.1"]
+    else:
+        command = [CLI, "submit", "--command", "sim", "--watch", "--interval", "0.1"]
     watcher = subprocess.Popen(
-        [CLI, "watch", run_id, "--interval", "0.1"],
+        command,
         env=environment(api_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -365,6 +381,9 @@ def test_watch_of_a_run_cancelled_elsewhere_exits_1(api_url: str) -> None:
     )
     try:
         assert watcher.stdout is not None
+        if how == "submit-watch":
+            run_id = watcher.stdout.readline().strip()  # the run's id first
+            assert UUID.fullmatch(run_id)
         first = watcher.stdout.readline()  # the run's first change: it is watched
         assert "ACCEPTED" in first
         assert watcher.poll() is None  # still watching

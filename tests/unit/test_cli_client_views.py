@@ -3,6 +3,7 @@ a log poll adds, an API error as one line, and what the command line loads to st
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
 from obp_workflow.entrypoints.cli.client import problem_line
+from obp_workflow.entrypoints.cli.display import provenance_view, watch_view
 from obp_workflow.entrypoints.cli.results import new_text
 from obp_workflow.entrypoints.cli.steps import (
     STEPS,
@@ -168,3 +171,75 @@ def test_the_command_line_loads_neither_httpx_nor_rich_to_start() -> None:
 
     heavy = ("httpx", "rich", "pydantic", "dependency_injector", "boto3", "luigi")
     assert {m for m in modules if m.split(".")[0] in heavy} == set()
+
+
+# ================================================================ what the tables show
+
+
+def rendered(renderable: object) -> str:
+    console = Console(width=240, record=True, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+NEXUS_ENTITY = {
+    "@id": "https://o/runs/r-1/outputs/output/spikes.h5",
+    "@type": ["Entity", "Dataset"],
+    "name": "spikes.h5",
+    "relativePath": "output/spikes.h5",
+    "distribution": {
+        "contentSize": {"unitCode": "bytes", "value": 3 * 1024 * 1024},
+        "contentUrl": "https://nexus/v1/files/o/p/f",
+        "atLocation": {"@type": "Location", "location": "s3://nexus-data/r-1/spikes.h5"},
+    },
+}
+FAKE_ENTITY = {"@id": "https://o/runs/r-1/outputs/a.h5", "location": "s3://b/a.h5", "size": 10}
+
+
+def test_provenance_shows_the_activity_in_brief_and_each_entity() -> None:
+    document = {
+        "run_id": "r-1",
+        "activity_id": "https://o/runs/r-1",
+        "revision": 3,
+        "withdrawn": True,
+        "activity": {
+            "@context": "https://ctx",
+            "@id": "https://o/runs/r-1",
+            "@type": ["Activity", "WorkflowExecution"],
+            "status": "Done",
+            "jobId": "4242",
+            "exitCode": 0,
+            "wasAttributedTo": {"@id": "https://users/ada", "name": "ada"},
+            "used": [{"@id": "https://o/runs/r-1/configuration", "kind": "simulation"}],
+            "generated": ["https://o/runs/r-1/outputs/output/spikes.h5"],
+            "_rev": 3,
+        },
+        "entities": [NEXUS_ENTITY, FAKE_ENTITY],
+    }
+
+    text = rendered(provenance_view(document))
+
+    assert "Activity, WorkflowExecution" in text
+    assert "4242" in text
+    assert "ada" in text
+    assert "withdrawn" in text
+    assert "https://ctx" not in text  # left to --json
+    assert "configuration" not in text
+    assert "output/spikes.h5" in text
+    assert "3.0 MiB" in text
+    assert "s3://nexus-data/r-1/spikes.h5" in text
+    assert "10 B" in text
+    assert "s3://b/a.h5" in text
+
+
+def test_the_live_view_shows_the_steps_the_job_and_the_last_reason() -> None:
+    run = view("RUNNING", "ACCEPTED", "PROVISIONING", "SUBMITTING", "QUEUED", job_id="42")
+
+    text = rendered(watch_view(run, datetime(2030, 1, 1, 12, 2, 3, tzinfo=UTC)))
+
+    assert "r-1" in text
+    assert "2m03s" in text
+    assert all(step in text for step in STEPS)
+    assert "job: job 42: RUNNING" in text
+    assert "last: to RUNNING" in text
+    assert text.count("✓") == 2  # Provision and Submit

@@ -186,10 +186,12 @@ def provenance_view(doc: Mapping[str, Any]) -> RenderableType:
     for key, value in activity.items():
         if key.startswith("_") or key in ("@id", "@context", "generated"):
             continue
-        facts.add_row(key, _brief(value))
+        shown = _brief(value)
+        if shown:
+            facts.add_row(key, shown)
     entities = Table(title="entities", title_justify="left", box=box.SIMPLE_HEAD)
     entities.add_column("id", overflow="fold")
-    entities.add_column("name")
+    entities.add_column("path")
     entities.add_column("size", justify="right", no_wrap=True)
     entities.add_column("location", overflow="fold")
     for entity in doc.get("entities") or ():
@@ -203,7 +205,7 @@ def provenance_view(doc: Mapping[str, Any]) -> RenderableType:
         )
         entities.add_row(
             str(entity.get("@id", "")),
-            str(entity.get("name") or ""),
+            str(entity.get("relativePath") or entity.get("name") or ""),
             _size(size) if isinstance(size, int) else "",
             str(location or ""),
         )
@@ -221,10 +223,18 @@ def _find(doc: Mapping[str, Any], *paths: tuple[str, ...]) -> Any:
 
 
 def _brief(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text if len(text) <= 160 else text[:157] + "..."
+    """A value of the activity in a few words: scalars as they are, a list of scalars joined,
+    a node by its name; anything else is left to ``--json``."""
+    if isinstance(value, Mapping):
+        name = value.get("name")
+        return name if isinstance(name, str) else ""
+    if isinstance(value, list):
+        if all(isinstance(v, str | int | float) for v in value):
+            return ", ".join(str(v) for v in value)
+        return ""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _size(size: int) -> str:

@@ -146,7 +146,7 @@ def _submit(args: argparse.Namespace) -> int:
         if args.json:
             print_json(answer)
         else:
-            print(run_id)
+            print(run_id, flush=True)
         if not args.watch:
             return 0
         from .watch import watch_run
