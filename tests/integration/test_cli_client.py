@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -490,3 +491,28 @@ def test_wrong_usage_is_argparses_exit_2(api_url: str) -> None:
 
     assert result.code == 2
     assert "usage: obp-workflow watch" in result.err
+
+
+def test_ctrl_c_ends_a_watch_quietly_with_130(api_url: str) -> None:
+    run_id = submit(api_url)
+    watcher = subprocess.Popen(
+        [CLI, "watch", run_id, "--interval", "0.1"],
+        env=environment(api_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        assert "ACCEPTED" in watcher.stdout.readline()
+        watcher.send_signal(signal.SIGINT)
+        code = watcher.wait(10)
+        assert watcher.stderr is not None
+        err = watcher.stderr.read()
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+
+    assert code == 130
+    assert "Traceback" not in err

@@ -1,1 +1,2 @@
-"""The command line (``obp-workflow``): ``main.py`` reads the arguments, one module a command."""
+"""The command line (``obp-workflow``): ``main.py`` is the parser; each module registers its
+commands' arguments and runs them."""

@@ -4,6 +4,7 @@ and ``--json``."""
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -38,8 +39,16 @@ def client_command(
 ) -> argparse.ArgumentParser:
     """A client command's parser, with the shared options; ``run`` runs it."""
     parser = sub.add_parser(name, help=help, description=help, parents=[_shared()])
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=functools.partial(_interruptible, run))
     return parser
+
+
+def _interruptible(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Ctrl-C ends a client command quietly, with the shell's code for it."""
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
 
 
 def add_interval(parser: argparse.ArgumentParser) -> None:

@@ -85,10 +85,7 @@ def _log(args: argparse.Namespace) -> int:
                 sys.stdout.write(answer.data["text"])
                 sys.stdout.flush()
             return 0
-        try:
-            _follow(api, args.run, args.max_bytes, args.interval, args.json)
-        except KeyboardInterrupt:
-            return 130
+        _follow(api, args.run, args.max_bytes, args.interval, args.json)
     return 0
 
 

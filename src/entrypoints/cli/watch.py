@@ -48,14 +48,11 @@ def _watch(args: argparse.Namespace) -> int:
 
 def watch_run(api: ApiClient, run_id: str, *, interval: float, as_json: bool) -> int:
     poll = Poller(api, run_id)
-    try:
-        if as_json:
-            return _as_json_lines(poll, interval)
-        if sys.stdout.isatty():
-            return _live(poll, interval)
-        return _as_lines(poll, interval)
-    except KeyboardInterrupt:
-        return 130
+    if as_json:
+        return _as_json_lines(poll, interval)
+    if sys.stdout.isatty():
+        return _live(poll, interval)
+    return _as_lines(poll, interval)
 
 
 class Poller:
