@@ -11,8 +11,10 @@ installed for the Lambda runtime (python3.12, x86_64), with bytecode compiled.
    ``python3.12`` that runs), as unchecked-hash .pyc files: Lambda cannot write bytecode into
    its read-only code folder, and an unchecked .pyc does not depend on the files' times after
    unzipping. Without a 3.12 interpreter the package is built without bytecode, and says so.
-3. ``build/lambda.zip`` is written with sorted entries and fixed times (the same inputs give the
-   same bytes); scripts (``bin/``) and C sources are left out.
+3. ``build/lambda.zip`` is written with sorted entries and fixed times, from a wheel with fixed
+   times (``SOURCE_DATE_EPOCH``) and bytecode compiled with a fixed hash seed, so that a rebuild
+   differs at most in a few .pyc files (marshal's output can depend on reference counts);
+   scripts (``bin/``) and C sources are left out.
 
 The build is skipped when ``build/lambda.zip.key`` matches the hash of pyproject.toml, every
 file under src/ and this script. Prints the package's size, and the image's build command (run
@@ -82,9 +84,14 @@ def lambda_python() -> str | None:
     return None
 
 
+#: Reproducible builds: the wheel's file times, and the order of sets compiled into bytecode.
+STABLE = {"SOURCE_DATE_EPOCH": "315532800", "PYTHONHASHSEED": "0"}
+
+
 def run(*argv: str) -> None:
     print("+", " ".join(argv), flush=True)
-    subprocess.run(argv, check=True, cwd=REPO)  # noqa: S603  (argv built here, no shell)
+    env = {**os.environ, **STABLE}
+    subprocess.run(argv, check=True, cwd=REPO, env=env)  # noqa: S603  (argv built here, no shell)
 
 
 def build() -> bool:
