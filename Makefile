@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.installed
 # mypy checks the package by its import name; this link gives it `obp_workflow` -> src/.
 MYPYPATH_DIR := $(VENV)/mypy-path
 
-.PHONY: help install lint format test test-fast demo bench stack-up stack-down stack-status clean
+.PHONY: help install lint format test test-fast demo bench package stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo    run one simulation end to end on in-memory adapters"
 	@echo "make test    install, lint (ruff, mypy --strict, import contracts), run all tests"
 	@echo "make lint    the static checks only"
 	@echo "make bench   run the benchmarks, write docs/benchmarks.md"
+	@echo "make package build/lambda.zip (the Lambdas) and the image build command (README, Deployment)"
 	@echo "make stack-up / stack-down   the real test peers (Slurm, sshd): needs root"
 
 $(BIN)/python:
@@ -29,14 +30,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 	MYPYPATH=$(MYPYPATH_DIR) $(BIN)/mypy -p obp_workflow
 	$(BIN)/lint-imports
+	$(BIN)/cfn-lint deploy/template.yaml
+	$(BIN)/hadolint deploy/Dockerfile
 
 format: install
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench deploy
+	$(BIN)/ruff format src tests bench deploy
 
 # The real peers are started for the tests and stopped after them, unless they were already up.
 test: lint
@@ -63,6 +66,10 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# The Lambda package (rebuilt only when pyproject.toml or src/ changed) and the image.
+package: install
+	$(BIN)/python deploy/package.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

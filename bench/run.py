@@ -34,6 +34,7 @@ from tests.application import application  # noqa: E402
 from tests.contract.harness_slurm import stack_cluster  # noqa: E402
 from tests.stack import STACK_DIR, slurm, stack  # noqa: E402
 
+from bench import lambda_cold_start  # noqa: E402
 from bench.worker import run_all as worker_section  # noqa: E402
 from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner  # noqa: E402
 from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher  # noqa: E402
@@ -300,17 +301,7 @@ def lambda_section() -> list[str]:
     done = subprocess.run(
         [sys.executable, str(script)], check=True, capture_output=True, text=True, cwd=REPO
     )
-    return [
-        "## The Lambda handlers",
-        "",
-        f"With `{Path(sys.executable).name} bench/lambda_cold_start.py` (fresh interpreters; "
-        "'runtime' deps: the venv's development-only packages made unimportable, as in the "
-        "Lambda package). Targets: authorizer under 150 ms, API handler under 300 ms (with "
-        "bytecode), warm p99 under 5 ms.",
-        "",
-        done.stdout.strip(),
-        "",
-    ]
+    return lambda_cold_start.section(done.stdout)
 
 
 def main() -> int:
