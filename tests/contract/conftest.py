@@ -44,6 +44,7 @@ from tests.contract.harness_aws import (
     SecretsManagerSecretStoreHarness,
 )
 from tests.contract.harness_keycloak import KeycloakTokenVerifierHarness
+from tests.contract.harness_local_issuer import LocalIssuerTokenVerifierHarness
 from tests.contract.harness_nexus import NexusKnowledgeGraphHarness
 from tests.contract.harness_provisioner import HttpClusterProvisionerHarness
 from tests.contract.harness_repositories import (
@@ -88,6 +89,7 @@ KNOWLEDGE_GRAPHS = [
 TOKEN_VERIFIERS = [
     pytest.param(FakeTokenVerifierHarness, id="fake"),
     pytest.param(KeycloakTokenVerifierHarness, id="keycloak"),
+    pytest.param(LocalIssuerTokenVerifierHarness, id="local-issuer"),
 ]
 CLOCKS = [
     pytest.param(lambda: FakeClock(T0), id="fake"),
