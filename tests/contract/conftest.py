@@ -45,6 +45,7 @@ from tests.contract.harness_aws import (
 )
 from tests.contract.harness_keycloak import KeycloakTokenVerifierHarness
 from tests.contract.harness_local_issuer import LocalIssuerTokenVerifierHarness
+from tests.contract.harness_local_secrets import FileSecretStoreHarness
 from tests.contract.harness_nexus import NexusKnowledgeGraphHarness
 from tests.contract.harness_provisioner import HttpClusterProvisionerHarness
 from tests.contract.harness_repositories import (
@@ -70,6 +71,7 @@ PROVISIONERS = [
 SECRET_STORES = [
     pytest.param(FakeSecretStoreHarness, id="fake"),
     pytest.param(SecretsManagerSecretStoreHarness, id="secretsmanager"),
+    pytest.param(FileSecretStoreHarness, id="local-secrets"),
 ]
 INSTANCE_ORCHESTRATORS = [
     pytest.param(FakeInstanceOrchestratorHarness, id="fake"),

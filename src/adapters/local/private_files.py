@@ -9,6 +9,7 @@ and a reader never sees a partly written file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -56,7 +57,12 @@ def read_private(path: Path, *, follow_links: bool = False) -> bytes:
     """The content of a regular file that only its owner may read (not a symbolic link unless
     ``follow_links``); ValueError (naming the path) when others may read it,
     FileNotFoundError when it is missing."""
-    fd = os.open(path, os.O_RDONLY | (0 if follow_links else os.O_NOFOLLOW))
+    try:
+        fd = os.open(path, os.O_RDONLY | (0 if follow_links else os.O_NOFOLLOW))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symbolic link: not followed") from None
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
