@@ -49,6 +49,7 @@ from tests.contract.harness_aws import (
     SecretsManagerSecretStoreHarness,
 )
 from tests.contract.harness_keycloak import KeycloakTokenVerifierHarness
+from tests.contract.harness_local_instances import ProcessInstanceOrchestratorHarness
 from tests.contract.harness_local_issuer import LocalIssuerTokenVerifierHarness
 from tests.contract.harness_local_provisioner import StaticClusterProvisionerHarness
 from tests.contract.harness_local_secrets import FileSecretStoreHarness
@@ -83,6 +84,7 @@ SECRET_STORES = [
 INSTANCE_ORCHESTRATORS = [
     pytest.param(FakeInstanceOrchestratorHarness, id="fake"),
     pytest.param(EcsInstanceOrchestratorHarness, id="ecs"),
+    pytest.param(ProcessInstanceOrchestratorHarness, id="local-instances"),
 ]
 # The two ways out of a cluster, each in memory and for real.
 DATA_SYNCHRONIZERS = [
