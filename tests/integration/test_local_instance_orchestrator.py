@@ -236,7 +236,9 @@ def test_a_reused_pid_is_not_taken_for_the_instance(
 def test_a_worker_stopping_its_own_instance_is_stopping_then_stopped(
     made: Callable[..., ProcessInstanceOrchestrator], tmp_path: Path
 ) -> None:
-    # As a retiring worker does: stop its own instance, then exit a moment later.
+    # As a retiring worker does: stop its own instance, then exit (here once the test has
+    # looked at it meanwhile).
+    release = tmp_path / "release"
     retire = [
         sys.executable,
         "-c",
@@ -248,9 +250,13 @@ def test_a_worker_stopping_its_own_instance_is_stopping_then_stopped(
         "time.sleep(1)\n"
         "o.stop(ProjectRef.parse(os.environ['OBP_VIRTUAL_LAB_ID'], os.environ['OBP_PROJECT_ID']),"
         " 'idle: no unfinished run')\n"
-        "time.sleep(1.5)\n",
+        "deadline = time.monotonic() + 30\n"
+        "while not pathlib.Path(os.environ['RELEASE']).exists() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n",
     ]
-    orchestrator = made(retire, env={**BASE, "HOME_UNDER_TEST": str(tmp_path)})
+    orchestrator = made(
+        retire, env={**BASE, "HOME_UNDER_TEST": str(tmp_path), "RELEASE": str(release)}
+    )
     first = orchestrator.ensure(PROJECT)
     stopping = wait_for(orchestrator, lambda i: i.status != "RUNNING", timeout=30)
     assert stopping.status == "STOPPING"
@@ -258,6 +264,7 @@ def test_a_worker_stopping_its_own_instance_is_stopping_then_stopped(
     assert stopping.stop_reason == "idle: no unfinished run"
     pid = record(tmp_path)["pid"]
     assert Path(f"/proc/{pid}").exists()  # still finishing: a new instance may start meanwhile
+    release.touch()
     stopped = wait_for(orchestrator, lambda i: i.status == "STOPPED", timeout=30)
     assert stopped.instance_id == first.instance_id
     assert stopped.stop_reason == "idle: no unfinished run"
@@ -267,19 +274,20 @@ def test_a_worker_stopping_its_own_instance_is_stopping_then_stopped(
 def test_a_process_deaf_to_sigterm_is_killed_after_the_stop_timeout(
     made: Callable[..., ProcessInstanceOrchestrator], tmp_path: Path
 ) -> None:
-    deaf = ["sh", "-c", "trap '' TERM; exec sleep 300"]
+    ready = tmp_path / "deaf"
+    deaf = ["sh", "-c", 'trap "" TERM; touch "$1"; exec sleep 300', "sh", str(ready)]
     orchestrator = made(deaf, stop_timeout=0.5)
     orchestrator.ensure(PROJECT)
-    time.sleep(0.3)  # let the shell install its trap
+    deadline = time.monotonic() + 30
+    while not ready.exists():  # the trap is in place
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     began = time.monotonic()
     orchestrator.stop(PROJECT, "stop now")
     assert time.monotonic() - began < 5
     info = orchestrator.describe(PROJECT)
     assert info is not None
     assert (info.status, info.stop_reason) == ("STOPPED", "stop now")
-    deadline = time.monotonic() + 5
-    while record(tmp_path)["ended"] is None and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert record(tmp_path)["ended"] == f"killed by signal 9 ({signal.SIGKILL.name})"
 
 

@@ -73,6 +73,8 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
         self._stop_timeout = stop_timeout
         self._clock = clock
         self._counter = threading.Lock()
+        #: The thread reaping each worker this process started, by instance id.
+        self._reapers: dict[str, threading.Thread] = {}
         #: Workers this process started (a process of the machine may have started others).
         self.starts = 0
 
@@ -87,7 +89,13 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
 
     def describe(self, project: ProjectRef) -> InstanceInfo | None:
         state = self._read(project)
-        return None if state is None else _info(project, state)
+        if state is None:
+            return None
+        reaper = self._reapers.get(state["instance_id"])
+        if reaper is not None and not state.get("ended") and not _alive(state):
+            reaper.join(5.0)  # ours, just ended: its exit status is being recorded
+            state = self._read(project) or state
+        return _info(project, state)
 
     def stop(self, project: ProjectRef, reason: str) -> None:
         with self._locked(project):
@@ -103,6 +111,9 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
         if not self._wait_gone(state, self._stop_timeout):
             _signal(state, signal.SIGKILL)
             self._wait_gone(state, 5.0)
+        reaper = self._reapers.get(state["instance_id"])
+        if reaper is not None:
+            reaper.join(5.0)  # its end is recorded when stop returns
 
     # ------------------------------------------------------------------ starting
 
@@ -135,14 +146,16 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
             "ended": None,
         }
         self._write(project, state)
-        with self._counter:
-            self.starts += 1
-        threading.Thread(
+        reaper = threading.Thread(
             target=self._reap,
             args=(project, state["instance_id"], process),
             name=f"reap-{process.pid}",
             daemon=True,
-        ).start()
+        )
+        with self._counter:
+            self.starts += 1
+            self._reapers[state["instance_id"]] = reaper
+        reaper.start()
         return state
 
     def _reap(
@@ -154,10 +167,16 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
             ended = f"exited with status {code}"
         else:
             ended = f"killed by signal {-code} ({signal.Signals(-code).name})"
-        with self._locked(project):
-            state = self._read(project)
-            if state is not None and state["instance_id"] == instance_id:
-                self._write(project, {**state, "ended": ended})
+        try:
+            with self._locked(project, create=False):
+                state = self._read(project)
+                if state is not None and state["instance_id"] == instance_id:
+                    self._write(project, {**state, "ended": ended})
+        except FileNotFoundError:
+            pass  # the record was removed meanwhile: nothing to tell
+        finally:
+            with self._counter:
+                self._reapers.pop(instance_id, None)
 
     def _wait_gone(self, state: Mapping[str, Any], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -169,14 +188,21 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
 
     # ------------------------------------------------------------------ the record
 
+    def _where(self, project: ProjectRef) -> Path:
+        return self._root / project.virtual_lab_id / project.project_id
+
     def _folder(self, project: ProjectRef) -> Path:
+        """The project's folder, made private (with the folders above it) when missing."""
         private_folder(self._root)
         private_folder(self._root / project.virtual_lab_id)
-        return private_folder(self._root / project.virtual_lab_id / project.project_id)
+        return private_folder(self._where(project))
 
     @contextlib.contextmanager
-    def _locked(self, project: ProjectRef) -> Iterator[None]:
-        fd = os.open(self._folder(project) / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    def _locked(self, project: ProjectRef, *, create: bool = True) -> Iterator[None]:
+        """The project's record, held exclusively (``create``: its folder made when missing,
+        else FileNotFoundError)."""
+        where = self._folder(project) if create else self._where(project)
+        fd = os.open(where / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -184,7 +210,7 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
             os.close(fd)  # releases the lock
 
     def _read(self, project: ProjectRef) -> dict[str, Any] | None:
-        path = self._root / project.virtual_lab_id / project.project_id / STATE_FILE
+        path = self._where(project) / STATE_FILE
         try:
             state = json.loads(path.read_text())
         except FileNotFoundError:
@@ -196,7 +222,7 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
         return state
 
     def _write(self, project: ProjectRef, state: Mapping[str, Any]) -> None:
-        path = self._folder(project) / STATE_FILE
+        path = self._where(project) / STATE_FILE  # under the lock: the folder exists
         temporary = path.with_name(f".{STATE_FILE}.{uuid.uuid4().hex[:8]}.tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")
         os.replace(temporary, path)
