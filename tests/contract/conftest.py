@@ -4,6 +4,11 @@ Each fixture yields a harness (``tests/contract/harness.py``): the adapter under
 test-side controls the suite needs. To run a suite against a new adapter, add one
 ``pytest.param(HarnessClass, id="<adapter-id>")`` to the list of its port below (mark it
 ``pytest.mark.stack`` when it needs the real peers of ``scripts/stack``); nothing else changes.
+
+A test of a suite that cannot apply to an adapter (a static cluster is never created, so it
+cannot fail a creation) is named, with the reason, in its harness's ``NOT_APPLICABLE`` mapping
+(test function name -> reason): it is left out of the run, counted as deselected, and each
+reason is printed at the end. It is never skipped.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ from tests.contract.harness_aws import (
     SecretsManagerSecretStoreHarness,
 )
 from tests.contract.harness_keycloak import KeycloakTokenVerifierHarness
+from tests.contract.harness_local_instances import ProcessInstanceOrchestratorHarness
+from tests.contract.harness_local_issuer import LocalIssuerTokenVerifierHarness
+from tests.contract.harness_local_provisioner import StaticClusterProvisionerHarness
+from tests.contract.harness_local_secrets import FileSecretStoreHarness
 from tests.contract.harness_nexus import NexusKnowledgeGraphHarness
 from tests.contract.harness_provisioner import HttpClusterProvisionerHarness
 from tests.contract.harness_repositories import (
@@ -65,14 +74,17 @@ CLUSTER_GATEWAYS = [
 PROVISIONERS = [
     pytest.param(FakeClusterProvisionerHarness, id="fake"),
     pytest.param(HttpClusterProvisionerHarness, id="provisioner-http"),
+    pytest.param(StaticClusterProvisionerHarness, id="local-static"),
 ]
 SECRET_STORES = [
     pytest.param(FakeSecretStoreHarness, id="fake"),
     pytest.param(SecretsManagerSecretStoreHarness, id="secretsmanager"),
+    pytest.param(FileSecretStoreHarness, id="local-secrets"),
 ]
 INSTANCE_ORCHESTRATORS = [
     pytest.param(FakeInstanceOrchestratorHarness, id="fake"),
     pytest.param(EcsInstanceOrchestratorHarness, id="ecs"),
+    pytest.param(ProcessInstanceOrchestratorHarness, id="local-instances"),
 ]
 # The two ways out of a cluster, each in memory and for real.
 DATA_SYNCHRONIZERS = [
@@ -88,6 +100,7 @@ KNOWLEDGE_GRAPHS = [
 TOKEN_VERIFIERS = [
     pytest.param(FakeTokenVerifierHarness, id="fake"),
     pytest.param(KeycloakTokenVerifierHarness, id="keycloak"),
+    pytest.param(LocalIssuerTokenVerifierHarness, id="local-issuer"),
 ]
 CLOCKS = [
     pytest.param(lambda: FakeClock(T0), id="fake"),
@@ -101,6 +114,44 @@ EVENT_PUBLISHERS = [
     pytest.param(FakeEventPublisher, id="fake"),
     pytest.param(LogEventPublisher, id="log"),
 ]
+
+
+_NOT_APPLICABLE = pytest.StashKey[list[tuple[str, str]]]()
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m: only tests that would run are reported
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the tests a harness declares not applicable to its adapter (see above)."""
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    reasons = config.stash.setdefault(_NOT_APPLICABLE, [])
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = getattr(item, "originalname", item.name)
+        why = next(
+            (
+                getattr(param, "NOT_APPLICABLE", {}).get(name)
+                for param in params.values()
+                if getattr(param, "NOT_APPLICABLE", {}).get(name)
+            ),
+            None,
+        )
+        if why is None:
+            kept.append(item)
+        else:
+            left_out.append(item)
+            reasons.append((item.nodeid, why))
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    reasons = config.stash.get(_NOT_APPLICABLE, [])
+    if reasons:
+        terminalreporter.section("not applicable (left out, never run)")
+        for nodeid, why in reasons:
+            terminalreporter.write_line(f"{nodeid}: {why}")
 
 
 def _harness(request: pytest.FixtureRequest) -> Iterator[Any]:

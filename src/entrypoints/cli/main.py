@@ -6,6 +6,7 @@ client commands speak HTTP to the REST API at ``OBP_API_URL`` with the bearer to
 ``OBP_TOKEN``, in the project ``OBP_VIRTUAL_LAB_ID``/``OBP_PROJECT_ID`` (or ``--url``,
 ``--token``, ``--vlab``, ``--project``): ``submit``, ``list``, ``status``, ``cancel``
 (``runs.py``), ``watch`` (``watch.py``), ``log``, ``outputs``, ``provenance`` (``results.py``).
+``token`` (``token.py``) prints an access token of the local realm, for ``OBP_TOKEN``.
 
 Exit codes: 0 done; 1 the watched run ended FAILED or CANCELLED; 2 wrong usage or settings;
 3 the API answered with an error; 4 the API could not be reached.
@@ -17,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import results, runs, service, watch
+from . import results, runs, service, token, watch
 from .errors import CommandError
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -30,6 +31,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     runs.register,
     watch.register,
     results.register,
+    token.register,
 )
 
 
