@@ -1,0 +1,314 @@
+"""The process scheduler beyond the contract: real processes on this machine, stopped at their
+time limit, cancelled with their children, found again by another gateway after the first one's
+process has exited, reported FAILED when their wrapper is killed, queued while slots are taken."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from obp_workflow.adapters.local.cluster_gateway import ProcessClusterGateway
+from obp_workflow.adapters.local.scheduler_state import JobRecord, group_alive
+from obp_workflow.core.errors import ClusterUnreachable, InvalidRequest, SubmissionRejected
+from obp_workflow.core.jobs import JobObservation, JobState
+from obp_workflow.core.jobspec import JOB_SCRIPT, LOG_FILE, JobSpec
+from tests.contract.harness import fresh_run_id
+from tests.contract.harness_local import ProcessClusterGatewayHarness
+from tests.stack import wait_until
+
+LIVE = (JobState.PENDING, JobState.RUNNING)
+
+
+@pytest.fixture
+def machine() -> Iterator[ProcessClusterGatewayHarness]:
+    harness = ProcessClusterGatewayHarness()
+    try:
+        yield harness
+    finally:
+        harness.close()  # cancels what is still live, waits for it, removes the folder
+
+
+def batch_job(
+    h: ProcessClusterGatewayHarness,
+    body: str,
+    *directives: str,
+    files: dict[str, str] | None = None,
+) -> JobSpec:
+    """A batch script as ``build_job_spec`` writes them, with the directives and body given."""
+    run_id = fresh_run_id("lp")
+    folder = f"{h.cluster.runs_root}/{run_id}"
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=obp-{run_id}",
+        f"#SBATCH --output={folder}/{LOG_FILE}",
+        "#SBATCH --open-mode=append",
+        *(f"#SBATCH {d}" for d in directives or ("--time=5",)),
+        "",
+        "set -eu",
+        body,
+        "",
+    ]
+    return JobSpec(
+        tag=f"obp-{run_id}",
+        run_folder=folder,
+        files={**(files or {}), JOB_SCRIPT: "\n".join(lines)},
+    )
+
+
+def observe(
+    h: ProcessClusterGatewayHarness, job_id: str, gw: ProcessClusterGateway | None = None
+) -> JobObservation:
+    return (gw or h.process).poll(h.cluster, [job_id])[job_id]
+
+
+def wait_for(
+    h: ProcessClusterGatewayHarness,
+    job_id: str,
+    done: tuple[JobState, ...] | None = None,
+    timeout: float = 30,
+) -> JobObservation:
+    wanted = done or tuple(s for s in JobState if s not in (*LIVE, JobState.UNKNOWN))
+    wait_until(lambda: observe(h, job_id).state in wanted, timeout, f"job {job_id}", 0.05)
+    return observe(h, job_id)
+
+
+def record(h: ProcessClusterGatewayHarness, job_id: str) -> JobRecord:
+    loaded = h.state.load(job_id)
+    assert loaded is not None
+    return loaded[0]
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie waiting to be reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_job_past_its_time_limit_is_stopped_as_timeout(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    spec = batch_job(h, "echo started; sleep 120; echo never", "--time=0:02")  # 2 seconds
+    job_id = h.process.submit(h.cluster, spec)
+    obs = wait_for(h, job_id, timeout=20)
+    assert obs.state is JobState.TIMEOUT
+    accounted = h.process.accounting(h.cluster, job_id, spec.tag)
+    assert accounted is not None
+    assert accounted.elapsed_seconds is not None
+    assert 2 <= accounted.elapsed_seconds <= 6
+    job = record(h, job_id)
+    assert job.job_pgid is not None
+    assert not group_alive(job.job_pgid)
+    log = h.process.tail_log(h.cluster, spec.run_folder)
+    assert "started" in log
+    assert "never" not in log
+
+
+def test_cancel_stops_the_whole_process_group_grandchildren_included(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    body = 'sleep 300 & echo $! > grandchild.pid; bash -c "sleep 300" & wait'
+    spec = batch_job(h, body, "--time=10")
+    job_id = h.process.submit(h.cluster, spec)
+    pid_file = Path(spec.run_folder) / "grandchild.pid"
+    wait_until(pid_file.exists, 20, "the job to start its grandchild")
+    grandchild = int(pid_file.read_text())
+    assert alive(grandchild)
+    leader = record(h, job_id).job_pgid
+    assert leader is not None
+    assert group_alive(leader)
+    h.process.cancel(h.cluster, job_id)
+    obs = wait_for(h, job_id)
+    assert obs.state is JobState.CANCELLED
+    wait_until(lambda: not alive(grandchild), 10, "the grandchild to be gone")
+    assert not group_alive(leader)
+    h.process.cancel(h.cluster, job_id)  # again: nothing changes
+    assert observe(h, job_id).state is JobState.CANCELLED
+
+
+SUBMIT_AND_EXIT = """
+import json, sys
+from obp_workflow.adapters.local.cluster_gateway import ProcessClusterGateway
+from obp_workflow.core.jobspec import JobSpec
+from tests.contract.harness_local import local_cluster
+spec = JobSpec(**json.loads(sys.argv[2]))
+print(ProcessClusterGateway(slots=2).submit(local_cluster(sys.argv[1]), spec))
+"""
+
+
+def test_a_job_outlives_the_process_that_submitted_it_and_is_found_again(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    gate = h.gates / "restart"
+    spec = batch_job(h, f"echo before; until [ -e {gate} ]; do sleep 0.05; done; echo after")
+    argv = [sys.executable, "-c", SUBMIT_AND_EXIT, h.cluster.runs_root]
+    fields = {"tag": spec.tag, "run_folder": spec.run_folder, "files": dict(spec.files)}
+    done = subprocess.run([*argv, json.dumps(fields)], capture_output=True, text=True, check=True)
+    job_id = done.stdout.strip()
+    # The submitting service is gone; another one, new, finds the job by its tag and follows it.
+    fresh = ProcessClusterGateway(slots=2)
+    assert fresh.find_by_tag(h.cluster, spec.tag) == job_id
+    wait_until(lambda: observe(h, job_id, fresh).state is JobState.RUNNING, 20, "the job to run")
+    gate.touch()
+    wait_until(lambda: observe(h, job_id, fresh).state is JobState.COMPLETED, 20, "the job's end")
+    obs = observe(h, job_id, fresh)
+    assert (obs.exit_code, obs.signal, obs.source) == (0, 0, "squeue")
+    assert fresh.tail_log(h.cluster, spec.run_folder).splitlines() == ["before", "after"]
+
+
+def test_a_job_whose_wrapper_was_killed_is_failed_and_its_processes_stopped(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    spec = batch_job(h, "sleep 300", "--time=10")
+    job_id = h.process.submit(h.cluster, spec)
+    wait_until(lambda: observe(h, job_id).state is JobState.RUNNING, 20, "the job to run")
+    job = record(h, job_id)
+    assert job.wrapper_pid is not None
+    assert job.job_pgid is not None
+    os.kill(job.wrapper_pid, signal.SIGKILL)
+    wait_until(lambda: not alive(job.wrapper_pid or 0), 10, "the wrapper to die")
+    obs = observe(h, job_id)
+    assert obs.state is JobState.FAILED
+    assert "wrapper" in obs.raw
+    assert "killed, or the machine restarted" in obs.raw
+    assert not group_alive(job.job_pgid)  # its sleep did not outlive it
+    accounted = h.process.accounting(h.cluster, job_id, spec.tag)
+    assert accounted is not None
+    assert accounted.state is JobState.FAILED
+
+
+def test_a_job_waits_pending_while_every_slot_is_taken(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    one_slot = ProcessClusterGateway(slots=1, kill_grace_seconds=1)
+    gate = h.gates / "slot"
+    first = one_slot.submit(h.cluster, batch_job(h, f"until [ -e {gate} ]; do sleep 0.05; done"))
+    wait_until(lambda: observe(h, first).state is JobState.RUNNING, 20, "the first job to run")
+    second_spec = batch_job(h, "echo second ran")
+    second = one_slot.submit(h.cluster, second_spec)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        waiting = observe(h, second)
+        assert waiting.state is JobState.PENDING
+        time.sleep(0.1)
+    assert "Resources" in observe(h, second).raw
+    gate.touch()
+    assert wait_for(h, first).state is JobState.COMPLETED
+    assert wait_for(h, second).state is JobState.COMPLETED
+    assert "second ran" in one_slot.tail_log(h.cluster, second_spec.run_folder)
+
+
+def test_a_failed_job_has_its_exit_code_and_the_end_of_its_log(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    body = 'for i in $(seq 1 500); do echo "line $i"; done; echo "to stderr" >&2; exit 7'
+    spec = batch_job(h, body)
+    job_id = h.process.submit(h.cluster, spec)
+    obs = wait_for(h, job_id)
+    assert (obs.state, obs.exit_code, obs.signal) == (JobState.FAILED, 7, 0)
+    assert "exit code 7" in obs.failure_reason()
+    tail = h.process.tail_log(h.cluster, spec.run_folder, 40)
+    assert tail.endswith("line 500\nto stderr\n")
+    assert len(tail.encode()) <= 40
+    accounted = h.process.accounting(h.cluster, job_id)
+    assert accounted is not None
+    assert (accounted.state, accounted.exit_code, accounted.nodes) == (JobState.FAILED, 7, 1)
+    assert accounted.node_list == h.process.host
+
+
+def test_the_job_sees_slurms_variables_and_none_of_the_services_environment(
+    machine: ProcessClusterGatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = machine
+    monkeypatch.setenv("OBP_SERVICE_CLIENT_SECRET", "s3cr3t-never-in-a-job")
+    spec = batch_job(h, "env > env.txt")
+    job_id = h.process.submit(h.cluster, spec)
+    assert wait_for(h, job_id).state is JobState.COMPLETED
+    env = (Path(spec.run_folder) / "env.txt").read_text()
+    assert "s3cr3t-never-in-a-job" not in env
+    assert f"SLURM_JOB_ID={job_id}\n" in env
+    assert f"SLURM_JOB_NAME={spec.tag}\n" in env
+
+
+def test_no_zombie_is_left_in_the_submitting_process(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    ids = [h.process.submit(h.cluster, batch_job(h, "true")) for _ in range(5)]
+    for job_id in ids:
+        assert wait_for(h, job_id).state is JobState.COMPLETED
+    mine = str(os.getpid())
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat[1] == mine:
+                children.append((entry, stat[0]))
+    assert [c for c in children if c[1] == "Z"] == []
+
+
+@pytest.mark.parametrize(
+    "directive",
+    ["--nodes=2", "-N 3", "--array=1-4", "--time=soon", "--output=/tmp/elsewhere.log"],
+)
+def test_a_job_one_machine_cannot_run_is_rejected_before_anything_is_written(
+    machine: ProcessClusterGatewayHarness, directive: str
+) -> None:
+    h = machine
+    spec = batch_job(h, "true", directive)
+    with pytest.raises(SubmissionRejected):
+        h.process.submit(h.cluster, spec)
+    assert not Path(spec.run_folder).exists()
+    assert h.process.find_by_tag(h.cluster, spec.tag) is None
+
+
+def test_a_missing_runs_root_is_unreachable_never_created(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    h.set_reachable(False)
+    with pytest.raises(ClusterUnreachable, match="runs folder"):
+        h.process.submit(h.cluster, batch_job(h, "true"))
+    assert not Path(h.cluster.runs_root).exists()
+    h.set_reachable(True)
+
+
+def test_outputs_are_never_read_through_a_symbolic_link_that_leaves_the_run_folder(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    secret = h.base / "outside.txt"
+    secret.write_text("not yours")
+    body = f"ln -s {secret} link.txt; mkdir real; echo mine > real/out.txt; ln -s {h.base} away"
+    spec = batch_job(h, body)
+    job_id = h.process.submit(h.cluster, spec)
+    assert wait_for(h, job_id).state is JobState.COMPLETED
+    listed = {f.path for f in h.process.list_outputs(h.cluster, spec.run_folder)}
+    assert "real/out.txt" in listed
+    assert "link.txt" not in listed
+    with pytest.raises(InvalidRequest):
+        list(h.process.fetch_output(h.cluster, spec.run_folder, "link.txt"))
+    with pytest.raises(InvalidRequest):
+        list(h.process.fetch_output(h.cluster, spec.run_folder, "away/outside.txt"))
+    assert b"".join(h.process.fetch_output(h.cluster, spec.run_folder, "real/out.txt")) == (
+        b"mine\n"
+    )
