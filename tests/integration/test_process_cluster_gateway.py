@@ -1,11 +1,13 @@
 """The process scheduler beyond the contract: real processes on this machine, stopped at their
 time limit, cancelled with their children, found again by another gateway after the first one's
-process has exited, reported FAILED when their wrapper is killed, queued while slots are taken."""
+process has exited, reported FAILED when their wrapper is killed, queued while slots are taken;
+and the demo's example (``examples/lif-network``), run directly and as a run request's job."""
 
 from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -19,8 +21,9 @@ from obp_workflow.adapters.local.cluster_gateway import ProcessClusterGateway
 from obp_workflow.adapters.local.scheduler_state import JobRecord, group_alive
 from obp_workflow.core.errors import ClusterUnreachable, InvalidRequest, SubmissionRejected
 from obp_workflow.core.jobs import JobObservation, JobState
-from obp_workflow.core.jobspec import JOB_SCRIPT, LOG_FILE, JobSpec
-from tests.contract.harness import fresh_run_id
+from obp_workflow.core.jobspec import JOB_SCRIPT, LOG_FILE, JobSpec, build_job_spec
+from obp_workflow.core.request import SimulationRequest
+from tests.contract.harness import fresh_run_id, make_header
 from tests.contract.harness_local import ProcessClusterGatewayHarness
 from tests.stack import wait_until
 
@@ -312,3 +315,69 @@ def test_outputs_are_never_read_through_a_symbolic_link_that_leaves_the_run_fold
     assert b"".join(h.process.fetch_output(h.cluster, spec.run_folder, "real/out.txt")) == (
         b"mine\n"
     )
+
+
+# ==================================================================== the demo's example
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+NETWORK = EXAMPLES / "lif-network" / "network.py"
+
+
+def run_network(out: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(NETWORK), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
+def test_the_lif_network_writes_its_spikes_and_a_summary_that_agrees(tmp_path: Path) -> None:
+    printed = run_network(tmp_path, "--duration-ms", "2000")
+    lines = (tmp_path / "spikes.csv").read_text().splitlines()
+    assert lines[0] == "neuron,time_ms"
+    spikes = [(int(n), float(t)) for n, t in (line.split(",") for line in lines[1:])]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["neurons"] == 200
+    assert summary["duration_ms"] == 2000
+    assert summary["spikes"] == len(spikes) > 0
+    assert summary["mean_rate_hz"] == pytest.approx(len(spikes) / 200 / 2.0, abs=1e-3)
+    assert 1 < summary["mean_rate_hz"] < 100  # an active network, not a silent or runaway one
+    assert all(0 <= n < 200 and 0 <= t < 2000 for n, t in spikes)
+    assert [t for _, t in spikes] == sorted(t for _, t in spikes)
+    assert len({n for n, _ in spikes}) > 100  # most neurons take part
+    assert f"{len(spikes)} spikes" in printed
+
+
+def test_the_lif_network_is_repeatable_by_its_seed(tmp_path: Path) -> None:
+    runs = [tmp_path / name for name in ("a", "b", "c")]
+    for out, seed in zip(runs, ("7", "7", "8"), strict=True):
+        run_network(out, "--duration-ms", "300", "--seed", seed)
+    same, other = ((r / "spikes.csv").read_bytes() for r in runs[1:])
+    assert (runs[0] / "spikes.csv").read_bytes() == same != other
+
+
+def test_the_example_request_runs_the_lif_network_on_the_process_scheduler(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    body = json.loads((EXAMPLES / "lif-network.json").read_text())
+    generated = runpy.run_path(str(EXAMPLES / "lif-network" / "make_request.py"))["request"]()
+    assert body == generated, "run examples/lif-network/make_request.py after editing network.py"
+    request = SimulationRequest.parse(body)
+    spec = build_job_spec(make_header(request=request), h.cluster)
+    job_id = h.process.submit(h.cluster, spec)
+    obs = wait_for(h, job_id, timeout=120)
+    assert (obs.state, obs.exit_code) == (JobState.COMPLETED, 0), h.process.tail_log(
+        h.cluster, spec.run_folder
+    )
+    listed = {f.path: f.size for f in h.process.list_outputs(h.cluster, spec.run_folder)}
+    assert all(listed.get(out, 0) > 0 for out in request.outputs)
+    summary = json.loads(
+        b"".join(h.process.fetch_output(h.cluster, spec.run_folder, "summary.json"))
+    )
+    assert (summary["neurons"], summary["duration_ms"]) == (200, 10000)
+    assert summary["spikes"] > 0
+    assert "spikes in 10000 ms" in h.process.tail_log(h.cluster, spec.run_folder)
