@@ -6,11 +6,12 @@ any number of gateways (processes, restarts) share them.
 
 - Submit: the spec's files go into the run folder; the job gets the next number, its record
   (PENDING) and its tag; then a wrapper process (``job_wrapper.py``) is started, detached,
-  holding the job's lock. The wrapper waits for one of ``slots`` slots (file locks), runs the
-  batch script with bash and records every state. Its ``#SBATCH`` directives are honoured as
-  ``job_script.py`` says; a spec it cannot run is SubmissionRejected.
+  holding the job's lock (``launch.py``). The wrapper waits for one of ``slots`` slots (file
+  locks), runs the batch script with bash and records every state. Its ``#SBATCH`` directives
+  are honoured as ``job_script.py`` says; a spec it cannot run is SubmissionRejected.
 - A job whose wrapper is gone without recording an end (killed, the machine restarted) is
-  FAILED, its left-over processes stopped: the wrapper's lock is free, its record still live.
+  FAILED, its left-over processes stopped: the wrapper's lock is free, its record still live
+  (``reconcile.py``).
 - An unusable runs root (missing, not a writable folder) is ClusterUnreachable, from every call.
 """
 
@@ -20,12 +21,9 @@ import os
 import re
 import socket
 import stat
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import suppress
 
 from obp_workflow.core.cluster import SAFE_PATH, ClusterHandle, KeyRole
 from obp_workflow.core.errors import (
@@ -34,7 +32,6 @@ from obp_workflow.core.errors import (
     InvalidRequest,
     NotFound,
     SubmissionRejected,
-    SubmissionUnclear,
 )
 from obp_workflow.core.jobs import JobAccounting, JobObservation, JobState
 from obp_workflow.core.jobspec import LOG_FILE, JobSpec
@@ -42,24 +39,12 @@ from obp_workflow.ports.cluster import ClusterGateway, OutputFile
 
 from . import run_files
 from .job_script import job_options
-from .job_wrapper import JOB_ENVIRONMENT
-from .scheduler_state import (
-    STATE_DIR,
-    JobRecord,
-    SchedulerDir,
-    boot_id,
-    locked,
-    process_start,
-    stop_group,
-    try_lock,
-    write_atomically,
-)
+from .launch import next_job_id, start_wrapper, withdraw
+from .reconcile import settle
+from .scheduler_state import STATE_DIR, JobRecord, SchedulerDir, try_lock, write_atomically
 
-WRAPPER_MODULE = "obp_workflow.adapters.local.job_wrapper"
 JOB_ID = re.compile(r"^[0-9]{1,18}$")
 _TAG = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
-#: The longest wait for the processes of a job whose wrapper is gone to stop after SIGTERM.
-ORPHAN_GRACE_SECONDS = 2.0
 
 
 def _job_id(job_id: str) -> str:
@@ -117,7 +102,7 @@ class ProcessClusterGateway(ClusterGateway):
         job_options(script, folder, "0", tag)  # refuse what cannot run before writing anything
         self._write_files(cluster, folder, spec.files)
         try:
-            job_id = self._next_id(state)
+            job_id = next_job_id(state)
             lock = try_lock(state.lock(job_id))
         except OSError as exc:
             raise ClusterUnreachable(f"the scheduler of {cluster.name}: {exc}") from None
@@ -145,9 +130,16 @@ class ProcessClusterGateway(ClusterGateway):
                 (state.tags / tag).mkdir(mode=0o700, exist_ok=True)
                 (state.tags / tag / job_id).touch(mode=0o600)
             except OSError as exc:
-                self._withdraw(state, record)
+                withdraw(state, record)
                 raise ClusterUnreachable(f"cannot record job {job_id}: {exc}") from None
-            self._start_wrapper(cluster, state, record, lock)
+            start_wrapper(
+                self.python,
+                state,
+                record,
+                lock,
+                confirm_seconds=self.confirm_seconds,
+                cluster_name=cluster.name,
+            )
         finally:
             os.close(lock)
         return job_id
@@ -155,76 +147,14 @@ class ProcessClusterGateway(ClusterGateway):
     def _write_files(self, cluster: ClusterHandle, folder: str, files: Mapping[str, str]) -> None:
         try:
             fd = run_files.open_folder(cluster.runs_root, folder, create=True)
-            assert fd is not None
+            if fd is None:
+                raise FileNotFoundError(f"{folder} vanished as it was created")
             try:
                 run_files.write_files(fd, files)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise ClusterUnreachable(f"cannot write the job files in {folder}: {exc}") from None
-
-    def _next_id(self, state: SchedulerDir) -> str:
-        counter = state.root / "next-id"
-        with locked(state.root / "next-id.lock"):
-            try:
-                number = int(counter.read_text())
-            except (FileNotFoundError, ValueError):  # first job, or a lost counter
-                known = [int(p.stem) for p in state.accounting.glob("*.json") if p.stem.isdigit()]
-                number = max(known, default=0) + 1
-            write_atomically(counter, str(number + 1))
-        return str(number)
-
-    def _start_wrapper(
-        self, cluster: ClusterHandle, state: SchedulerDir, record: JobRecord, lock: int
-    ) -> None:
-        """Start the job's wrapper, handing it the job's lock; the wrapper's first process exits
-        as soon as it has forked the wrapper proper, and is reaped here."""
-        argv = [self.python, "-m", WRAPPER_MODULE, cluster.runs_root, record.job_id, str(lock)]
-        names = (*JOB_ENVIRONMENT, "PYTHONPATH")
-        env = {name: os.environ[name] for name in names if name in os.environ}
-        log_path = state.wrapper_log(record.job_id)
-        try:
-            log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-            try:
-                first = subprocess.Popen(  # noqa: S603  (this interpreter and our module, no shell)
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                    pass_fds=(lock,),
-                    start_new_session=True,
-                    cwd=state.root,
-                    env=env,
-                )
-            finally:
-                os.close(log)
-        except OSError as exc:
-            self._withdraw(state, record)
-            raise ClusterUnreachable(f"cannot start the wrapper of a job: {exc}") from None
-        try:
-            code = first.wait(timeout=self.confirm_seconds)
-        except subprocess.TimeoutExpired:
-            threading.Thread(target=first.wait, name="reap-job-wrapper", daemon=True).start()
-            raise SubmissionUnclear(
-                f"the wrapper of job {record.job_id} on {cluster.name} did not confirm its start "
-                f"within {self.confirm_seconds:g} s"
-            ) from None
-        if code != 0:
-            self._withdraw(state, record)
-            raise ClusterUnreachable(
-                f"the wrapper of a job on {cluster.name} could not start (exit status {code}): "
-                + _last_line(log_path)
-            )
-
-    def _withdraw(self, state: SchedulerDir, record: JobRecord) -> None:
-        """Forget a job that never started (its lock held here, no wrapper alive)."""
-        for path in (
-            state.tags / record.tag / record.job_id,
-            state.record(record.job_id),
-            state.accounted(record.job_id),
-        ):
-            with suppress(OSError):
-                path.unlink()
 
     # ---------------------------------------------------------------- find, poll, cancel
 
@@ -255,7 +185,7 @@ class ProcessClusterGateway(ClusterGateway):
         if loaded is None:
             return JobObservation.unknown(job_id, "the scheduler has no record of the job")
         record, source = loaded
-        record = self._settle(state, record)
+        record = settle(state, record)
         raw = (
             f"{record.job_id}|{record.state}|{record.reason}|"
             f"{record.exit_code if record.exit_code is not None else ''}:"
@@ -264,49 +194,10 @@ class ProcessClusterGateway(ClusterGateway):
         if record.detail:
             raw += f" ({record.detail})"
         if record.live:
-            return JobObservation(job_id, JobState(record.state), None, None, raw, source)
+            return JobObservation(job_id, JobState.parse(record.state), None, None, raw, source)
         return JobObservation(
-            job_id, JobState(record.state), record.exit_code, record.signal, raw, source
+            job_id, JobState.parse(record.state), record.exit_code, record.signal, raw, source
         )
-
-    def _settle(self, state: SchedulerDir, record: JobRecord) -> JobRecord:
-        """The record, with the end of a live job whose wrapper is gone: FAILED (CANCELLED when
-        a cancel was asked for), its left-over processes stopped."""
-        if not record.live:
-            return record
-        lock = try_lock(state.lock(record.job_id), create=False)
-        if lock is None:
-            return record  # held: the wrapper is alive and answers for the job
-        try:
-            loaded = state.load(record.job_id)  # it may have recorded an end just before exiting
-            current = loaded[0] if loaded else record
-            if not current.live:
-                return current
-            stopped = self._stop_orphan(current)
-            cancelled = state.request(current.job_id, "cancel").exists()
-            current.state = "CANCELLED" if cancelled else "FAILED"
-            current.reason = "None" if cancelled else "WrapperGone"
-            current.exit_code = current.signal = None
-            current.ended = time.time()
-            current.detail = (
-                f"the job's wrapper (pid {current.wrapper_pid}) ended without recording the "
-                "job's end: it was killed, or the machine restarted"
-            ) + ("; the job's processes were stopped" if stopped else "")
-            state.save(current)
-            return current
-        finally:
-            os.close(lock)
-
-    def _stop_orphan(self, record: JobRecord) -> bool:
-        """Stop the processes of a job whose wrapper is gone; whether there were any."""
-        pgid = record.job_pgid
-        if pgid is None or record.boot_id != boot_id():
-            return False  # never started, or on an earlier boot: nothing of it is left
-        start = process_start(pgid)
-        if start is not None and start != record.job_start:
-            return False  # the number is another process's now (a group keeps its number)
-        stop_group(pgid, min(record.grace, ORPHAN_GRACE_SECONDS))
-        return True
 
     def accounting(
         self, cluster: ClusterHandle, job_id: str, tag: str | None = None
@@ -318,7 +209,7 @@ class ProcessClusterGateway(ClusterGateway):
             return None
         if loaded is None:
             return None
-        record = self._settle(state, loaded[0])
+        record = settle(state, loaded[0])
         if tag is not None and record.tag != tag:
             return None
         started = record.started is not None
@@ -340,7 +231,7 @@ class ProcessClusterGateway(ClusterGateway):
         )
         return JobAccounting(
             job_id=record.job_id,
-            state=JobState(record.state),
+            state=JobState.parse(record.state),
             exit_code=code,
             signal=signal,
             nodes=1,
@@ -362,7 +253,7 @@ class ProcessClusterGateway(ClusterGateway):
             state.request(job_id, "cancel").touch(mode=0o600)
         except OSError as exc:
             raise ClusterUnreachable(f"cannot cancel job {job_id}: {exc}") from None
-        self._settle(state, record)  # a wrapper already gone: the cancel is recorded here
+        settle(state, record)  # a wrapper already gone: the cancel is recorded here
 
     # ---------------------------------------------------------------- operator's controls
 
@@ -386,7 +277,7 @@ class ProcessClusterGateway(ClusterGateway):
             return None
         if loaded is None:
             return None
-        record = self._settle(state, loaded[0])
+        record = settle(state, loaded[0])
         return record if record.live else None
 
     # ---------------------------------------------------------------- files
@@ -472,12 +363,3 @@ class ProcessClusterGateway(ClusterGateway):
             return run_files.open_folder(cluster.runs_root, folder, create=False)
         except OSError as exc:
             raise ClusterUnreachable(f"cannot open the run folder {folder}: {exc}") from None
-
-
-def _last_line(path: os.PathLike[str] | str) -> str:
-    try:
-        with open(path, "rb") as log:
-            lines = log.read()[-2000:].decode(errors="replace").strip().splitlines()
-    except OSError:
-        return "no error recorded"
-    return lines[-1][:300] if lines else "no error recorded"

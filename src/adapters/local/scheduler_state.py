@@ -123,6 +123,17 @@ class SchedulerDir:
     def slot(self, n: int) -> Path:
         return self.slots / f"{n}.lock"
 
+    def last_words(self, job_id: str) -> str:
+        """The last line the job's wrapper wrote to its log of errors; empty when none."""
+        try:
+            with self.wrapper_log(job_id).open("rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                log.seek(max(0, size - 2000))
+                lines = log.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
+
     # ---------------------------------------------------------------- records
 
     def save(self, record: JobRecord) -> None:
