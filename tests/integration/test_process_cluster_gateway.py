@@ -13,11 +13,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from obp_workflow.adapters.local.cluster_gateway import ProcessClusterGateway
+from obp_workflow.adapters.local.job_script import parse_time_limit
 from obp_workflow.adapters.local.scheduler_state import JobRecord, group_alive
 from obp_workflow.core.errors import ClusterUnreachable, InvalidRequest, SubmissionRejected
 from obp_workflow.core.jobs import JobObservation, JobState
@@ -267,6 +269,46 @@ def test_no_zombie_is_left_in_the_submitting_process(
             if stat[1] == mine:
                 children.append((entry, stat[0]))
     assert [c for c in children if c[1] == "Z"] == []
+
+
+def test_jobs_submitted_at_once_from_threads_and_processes_get_distinct_increasing_ids(
+    machine: ProcessClusterGatewayHarness,
+) -> None:
+    h = machine
+    specs = [batch_job(h, "true") for _ in range(6)]
+    ids: list[str] = []
+    with ThreadPoolExecutor(3) as pool:
+        ids += pool.map(lambda spec: h.process.submit(h.cluster, spec), specs)
+        # Another gateway process submits meanwhile: the counter is shared through its lock.
+        other = batch_job(h, "true")
+        fields = {"tag": other.tag, "run_folder": other.run_folder, "files": dict(other.files)}
+        argv = [sys.executable, "-c", SUBMIT_AND_EXIT, h.cluster.runs_root, json.dumps(fields)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    ids.append(done.stdout.strip())
+    assert len(set(ids)) == 7
+    assert all(job_id.isdigit() for job_id in ids)
+    later = h.process.submit(h.cluster, batch_job(h, "true"))
+    assert int(later) > max(map(int, ids))
+    for job_id in [*ids, later]:
+        assert wait_for(h, job_id).state is JobState.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("5", 300),
+        ("0:02", 2),
+        ("1:02:03", 3723),
+        ("2-0", 172800),
+        ("1-2:03", 93780),
+        ("1-0:0:5", 86405),
+        ("0", None),
+        ("UNLIMITED", None),
+        ("infinite", None),
+    ],
+)
+def test_time_limits_are_read_in_every_form_slurm_accepts(text: str, seconds: int | None) -> None:
+    assert parse_time_limit(text) == seconds
 
 
 @pytest.mark.parametrize(
