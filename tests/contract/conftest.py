@@ -49,6 +49,7 @@ from tests.contract.harness_aws import (
     SecretsManagerSecretStoreHarness,
 )
 from tests.contract.harness_keycloak import KeycloakTokenVerifierHarness
+from tests.contract.harness_local import ProcessClusterGatewayHarness
 from tests.contract.harness_local_instances import ProcessInstanceOrchestratorHarness
 from tests.contract.harness_local_issuer import LocalIssuerTokenVerifierHarness
 from tests.contract.harness_local_provisioner import StaticClusterProvisionerHarness
@@ -70,6 +71,7 @@ RUN_REPOSITORIES = [
 CLUSTER_GATEWAYS = [
     pytest.param(FakeClusterGatewayHarness, id="fake"),
     pytest.param(SlurmClusterGatewayHarness, id="ssh-slurm", marks=pytest.mark.stack),
+    pytest.param(ProcessClusterGatewayHarness, id="local-process"),
 ]
 PROVISIONERS = [
     pytest.param(FakeClusterProvisionerHarness, id="fake"),
