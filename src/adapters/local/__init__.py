@@ -1,0 +1,1 @@
+"""The embedded one-machine family's adapters: state in one folder (OBP_HOME)."""
