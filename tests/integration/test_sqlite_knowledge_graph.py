@@ -4,6 +4,7 @@ midway, paths that try to leave their folder, and the run's files in the documen
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -244,3 +245,30 @@ def test_an_output_in_the_bucket_whose_key_is_also_a_folder_is_linked(tmp_path: 
     assert urls == sorted([(folder / ".obp-object").as_uri(), (folder / "inner.h5").as_uri()])
     assert [i.key for i in objects.list("obp-graph", "runs/")] == ["runs/r", "runs/r/inner.h5"]
     graph.close()
+
+
+def test_temporary_files_of_writers_that_died_long_ago_are_swept(tmp_path: Path) -> None:
+    partial = tmp_path / "files" / ".partial"
+    partial.mkdir(parents=True)
+    old, fresh = partial / "old.part", partial / "fresh.part"
+    old.write_bytes(b"left by a writer that died")
+    fresh.write_bytes(b"being written right now")
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    SqliteKnowledgeGraph(tmp_path).close()
+    assert sorted(p.name for p in partial.iterdir()) == ["fresh.part"]
+
+
+def test_an_object_rewritten_in_place_gets_its_new_etag(tmp_path: Path) -> None:
+    store = FileObjectStore(tmp_path)
+    path = tmp_path / "obp-data" / "a.dat"
+    path.parent.mkdir()
+    path.write_bytes(b"first")
+    first = store.head("obp-data", "a.dat")
+    assert first is not None
+    assert store.head("obp-data", "a.dat") == first
+    with path.open("r+b") as f:
+        f.write(b"FIRST")
+    later = store.head("obp-data", "a.dat")
+    assert later is not None
+    assert later.etag != first.etag
+    assert later.etag == hashlib.md5(b"FIRST", usedforsecurity=False).hexdigest()

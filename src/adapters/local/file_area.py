@@ -6,7 +6,8 @@ plain name. Content arrives in two steps: ``receive`` streams it into a temporar
 ``{root}/.partial`` (same file system, never inside a run's folder), counting its bytes and
 digesting it (SHA-256) as it goes; ``publish`` renames that file over its place in one step
 (``rename(2)``) and syncs the folder. A reader therefore sees the previous content or the new
-one, never a part; a stream that fails midway leaves nothing (its temporary file is removed).
+one, never a part; a stream that fails midway leaves nothing (its temporary file is removed;
+one left by a process that died is swept a day later, ``sweep``).
 Folders are made 0700 and files 0600: the home is its owner's alone.
 """
 
@@ -18,6 +19,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,18 @@ class FileArea:
                 f"the graph's file {relative} could not be read: {exc}"
             ) from None
         return info.st_size if _is_file(info.st_mode) else None
+
+    def sweep(self, older_than_seconds: float = 86_400.0) -> int:
+        """Remove temporary files left by writers that died long ago; how many were removed."""
+        removed = 0
+        limit = time.time() - older_than_seconds
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root / PARTIAL) as found:
+            for entry in found:
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < limit:
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
 
     def receive(
         self, stream: IO[bytes] | Iterable[bytes], size: int, relative_path: str

@@ -59,7 +59,7 @@ from obp_workflow.ports.knowledge_graph import (
 from .database import Database
 from .file_area import FOLDER_MODE, FileArea
 from .object_store import FileObjectStore
-from .run_files import FILES_LAYOUT, LocalRunFiles
+from .run_files import FILES_LAYOUT, FileRow, LocalRunFiles
 
 LAYOUT_VERSION = 1
 _LAYOUT = """
@@ -109,6 +109,7 @@ class SqliteKnowledgeGraph(LocalRunFiles, KnowledgeGraph):
         self.home = Path(home)
         self.home.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         self.area = FileArea(self.home / "files")
+        self.area.sweep()
         self.storage_bucket = storage_bucket
         self.objects = objects or FileObjectStore(self.home / "objects")
         if storage_bucket is not None:
@@ -148,9 +149,7 @@ class SqliteKnowledgeGraph(LocalRunFiles, KnowledgeGraph):
                 link = None
                 content_url = f.location
                 if f.relative_path in objects:
-                    link = self.link_object(
-                        conn, header, f.relative_path, objects[f.relative_path], now
-                    )
+                    link = self.link_object(conn, objects[f.relative_path], now)
                 else:
                     held = self.file_at(conn, f.location)
                     if held is not None:
@@ -214,15 +213,14 @@ class SqliteKnowledgeGraph(LocalRunFiles, KnowledgeGraph):
 
     # ================================================================ plumbing
 
-    def _objects_of(
-        self, header: RunHeader, files: Sequence[SyncedFile]
-    ) -> dict[str, tuple[str, Path, os.stat_result]]:
-        """The outputs in the graph's bucket: their key, file and status. Objects missing or of
-        another size than synchronised are one ``SyncIncomplete`` naming them all."""
+    def _objects_of(self, header: RunHeader, files: Sequence[SyncedFile]) -> dict[str, FileRow]:
+        """The files the outputs in the graph's bucket are to be, their objects digested.
+        Objects missing or of another size than synchronised are one ``SyncIncomplete`` naming
+        them all."""
         if self.storage_bucket is None:
             return {}
         prefix = f"s3://{self.storage_bucket}/"
-        found: dict[str, tuple[str, Path, os.stat_result]] = {}
+        located: dict[str, tuple[str, Path, os.stat_result]] = {}
         offending: list[str] = []
         reasons: list[str] = []
         for f in files:
@@ -238,10 +236,13 @@ class SqliteKnowledgeGraph(LocalRunFiles, KnowledgeGraph):
                     "that were synchronised"
                 )
                 continue
-            found[f.relative_path] = (key, *there)
+            located[f.relative_path] = (key, *there)
         if offending:
             raise SyncIncomplete(sorted(offending), "; ".join(sorted(reasons)))
-        return found
+        return {
+            path: self.object_to_link(header, path, key, file, info)
+            for path, (key, file, info) in located.items()
+        }
 
     def _put(
         self,

@@ -12,7 +12,9 @@ folder, the ``.obp-object`` in it. Hence no key may have a segment ``.obp-object
 
 - ``etag``: the MD5 of the content in hex, as S3 gives for an object uploaded in one part. It is
   computed when asked and kept in memory against the file's identity (device, inode, size,
-  modification time), so asking again about an unchanged file reads nothing.
+  modification time), so asking again about an unchanged file reads nothing (a file modified
+  in the last two seconds is digested each time: file times are too coarse to tell two writes
+  within one tick apart).
 - ``last_modified``: the file's modification time (UTC).
 - ``list``: every object whose key starts with the prefix, in key order (S3's order: by UTF-8
   bytes, which is code point order), produced lazily by a depth-first walk that enters only the
@@ -34,6 +36,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +50,7 @@ _CHUNK = 1024 * 1024
 #: The file holding the object whose key is also a folder (of the keys that extend it).
 MARKER = ".obp-object"
 _ETAGS_KEPT = 100_000
+_SETTLED_SECONDS = 2.0
 
 _Stamp = tuple[int, int, int, int]  # device, inode, size, modification time (ns)
 
@@ -177,7 +181,9 @@ class FileObjectStore(ObjectStore):
         except OSError as exc:
             raise _unavailable(f"read {path}", exc) from None
         etag = digest.hexdigest()
-        if after == stamp:  # unchanged while read: the digest belongs to this identity
+        # Kept only for a file unchanged while read and not modified in the last seconds: file
+        # times are coarse, so a rewrite within the same tick would keep its stamp ("racy git").
+        if after == stamp and time.time() - info.st_mtime > _SETTLED_SECONDS:
             with self._lock:
                 if len(self._etags) >= _ETAGS_KEPT:
                     self._etags.clear()

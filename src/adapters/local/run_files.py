@@ -160,34 +160,29 @@ class LocalRunFiles:
         finally:
             discard(received.path)
 
-    def link_object(
-        self,
-        conn: sqlite3.Connection,
-        run: RunHeader,
-        relative_path: str,
-        found: tuple[str, Path, os.stat_result],
-        now: str,
-    ) -> NexusFile:
-        """The run's file for an object of the graph's bucket (key, file, status), written in
-        the caller's transaction; the object is digested unless unchanged since last time."""
-        key, path, info = found
+    def object_to_link(
+        self, run: RunHeader, relative_path: str, key: str, path: Path, info: os.stat_result
+    ) -> FileRow:
+        """The run's file an object of the graph's bucket is to be, digested (unless the file
+        already links it unchanged); done before the write transaction, which it never holds
+        for the time of reading an object."""
         stamp = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
         ident = self.file_id(run.project, run.run_id, relative_path)
-        row = _row(conn, ident)
-        if row is not None:
-            _writable(row)
-            if (row.origin, row.bucket, row.location, row.stamp) == (
-                "link",
-                self.storage_bucket,
-                key,
-                stamp,
-            ):
-                return self.nexus_file(row)
-        try:
-            digest = "sha256:" + sha256_of(path)
-        except OSError as exc:
-            raise ServiceUnavailable(f"the object {key!r} could not be read: {exc}") from None
-        wanted = FileRow(
+        with self.db.read() as conn:
+            row = _row(conn, ident)
+        if row is not None and (row.origin, row.bucket, row.location, row.stamp) == (
+            "link",
+            self.storage_bucket,
+            key,
+            stamp,
+        ):
+            digest = row.digest
+        else:
+            try:
+                digest = "sha256:" + sha256_of(path)
+            except OSError as exc:
+                raise ServiceUnavailable(f"the object {key!r} could not be read: {exc}") from None
+        return FileRow(
             id=ident,
             project=run.project.key,
             run_id=run.run_id,
@@ -202,6 +197,22 @@ class LocalRunFiles:
             media_type=media_type_of(relative_path),
             stamp=stamp,
         )
+
+    def link_object(self, conn: sqlite3.Connection, wanted: FileRow, now: str) -> NexusFile:
+        """Write the run's file linked to an object (``object_to_link``) in the caller's
+        transaction; a file that links it already, unchanged, is left as it is."""
+        row = _row(conn, wanted.id)
+        if row is not None:
+            _writable(row)
+            if (row.origin, row.bucket, row.location, row.size, row.digest, row.stamp) == (
+                wanted.origin,
+                wanted.bucket,
+                wanted.location,
+                wanted.size,
+                wanted.digest,
+                wanted.stamp,
+            ):
+                return self.nexus_file(row)
         return self.nexus_file(_put(conn, row, wanted, now))
 
     def file_at(self, conn: sqlite3.Connection, location: str) -> NexusFile | None:
