@@ -54,6 +54,10 @@ from tests.contract.harness_local_instances import ProcessInstanceOrchestratorHa
 from tests.contract.harness_local_issuer import LocalIssuerTokenVerifierHarness
 from tests.contract.harness_local_provisioner import StaticClusterProvisionerHarness
 from tests.contract.harness_local_secrets import FileSecretStoreHarness
+from tests.contract.harness_local_graph import (
+    LocalUploadSynchronizerHarness,
+    SqliteKnowledgeGraphHarness,
+)
 from tests.contract.harness_nexus import NexusKnowledgeGraphHarness
 from tests.contract.harness_provisioner import HttpClusterProvisionerHarness
 from tests.contract.harness_repositories import (
@@ -94,10 +98,12 @@ DATA_SYNCHRONIZERS = [
     pytest.param(lambda: FakeDataSynchronizerHarness(lustre=False), id="fake-upload"),
     pytest.param(LustreHsmSynchronizerHarness, id="lustre-hsm", marks=pytest.mark.stack),
     pytest.param(NexusUploadSynchronizerHarness, id="nexus-upload", marks=pytest.mark.stack),
+    pytest.param(LocalUploadSynchronizerHarness, id="local-upload"),
 ]
 KNOWLEDGE_GRAPHS = [
     pytest.param(FakeKnowledgeGraphHarness, id="fake"),
     pytest.param(NexusKnowledgeGraphHarness, id="nexus-http"),
+    pytest.param(SqliteKnowledgeGraphHarness, id="local-graph"),
 ]
 TOKEN_VERIFIERS = [
     pytest.param(FakeTokenVerifierHarness, id="fake"),

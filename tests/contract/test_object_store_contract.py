@@ -1,6 +1,7 @@
 """The ObjectStore contract: what a sync's confirmation sees of a bucket.
 
-Runs against the fake (``FakeObjectStore``) and S3 (``S3ObjectStore`` on moto).
+Runs against the fake (``FakeObjectStore``), S3 (``S3ObjectStore`` on moto) and a folder
+(``FileObjectStore``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from tests.contract.harness_aws import (
     aws_client,
     md5_etag,
 )
+from tests.contract.harness_local_graph import FileObjectStoreHarness
 
 OBJECT_STORES = [
     pytest.param(FakeObjectStoreHarness, id="fake"),
     pytest.param(S3ObjectStoreHarness, id="s3"),
+    pytest.param(FileObjectStoreHarness, id="local-files"),
 ]
 BUCKET = "obp-nexus-data"
 OTHER_BUCKET = "obp-scratch"

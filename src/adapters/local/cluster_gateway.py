@@ -37,7 +37,7 @@ from obp_workflow.core.jobs import JobAccounting, JobObservation, JobState
 from obp_workflow.core.jobspec import LOG_FILE, JobSpec
 from obp_workflow.ports.cluster import ClusterGateway, OutputFile
 
-from . import run_files
+from . import run_folder as folders
 from .job_script import job_options
 from .launch import next_job_id, start_wrapper, withdraw
 from .reconcile import settle
@@ -94,7 +94,7 @@ class ProcessClusterGateway(ClusterGateway):
         tag = _tag(spec.tag)
         folder = self._run_folder(cluster, spec.run_folder)
         for name in (spec.script, *spec.files):
-            if not run_files.FILE_NAME.fullmatch(name):
+            if not folders.FILE_NAME.fullmatch(name):
                 raise InvalidRequest([FieldError("file", f"{name!r} is not a plain file name")])
         if spec.script not in spec.files:
             raise SubmissionRejected(f"the job script {spec.script} is not among the job's files")
@@ -146,11 +146,11 @@ class ProcessClusterGateway(ClusterGateway):
 
     def _write_files(self, cluster: ClusterHandle, folder: str, files: Mapping[str, str]) -> None:
         try:
-            fd = run_files.open_folder(cluster.runs_root, folder, create=True)
+            fd = folders.open_folder(cluster.runs_root, folder, create=True)
             if fd is None:
                 raise FileNotFoundError(f"{folder} vanished as it was created")
             try:
-                run_files.write_files(fd, files)
+                folders.write_files(fd, files)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -291,7 +291,7 @@ class ProcessClusterGateway(ClusterGateway):
         if fd is None:
             return ""
         try:
-            return run_files.tail(fd, LOG_FILE, max_bytes)
+            return folders.tail(fd, LOG_FILE, max_bytes)
         except OSError as exc:
             raise ClusterUnreachable(f"cannot read the log in {folder}: {exc}") from None
         finally:
@@ -304,7 +304,7 @@ class ProcessClusterGateway(ClusterGateway):
         if fd is None:
             return []
         try:
-            return run_files.list_files(fd)
+            return folders.list_files(fd)
         except OSError as exc:
             raise ClusterUnreachable(f"cannot list the outputs in {folder}: {exc}") from None
         finally:
@@ -317,12 +317,12 @@ class ProcessClusterGateway(ClusterGateway):
         if not os.path.realpath(folder).startswith(real_root + "/"):
             raise InvalidRequest([FieldError("run_folder", "leaves the runs folder")])
         try:
-            fd = run_files.open_output(folder, path)
+            fd = folders.open_output(folder, path)
         except (InvalidRequest, NotFound):
             raise
         except OSError as exc:
             raise ClusterUnreachable(f"cannot read {path} in {folder}: {exc}") from None
-        return run_files.stream(fd)
+        return folders.stream(fd)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -360,6 +360,6 @@ class ProcessClusterGateway(ClusterGateway):
 
     def _open_folder(self, cluster: ClusterHandle, folder: str) -> int | None:
         try:
-            return run_files.open_folder(cluster.runs_root, folder, create=False)
+            return folders.open_folder(cluster.runs_root, folder, create=False)
         except OSError as exc:
             raise ClusterUnreachable(f"cannot open the run folder {folder}: {exc}") from None

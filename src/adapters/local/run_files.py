@@ -1,151 +1,334 @@
-"""The files of a run folder on this machine, never reached through a symbolic link that leaves
-it: the job's files written in (folders 0750, files 0640, each written then renamed), and its
-log and outputs read out."""
+"""The local graph's run files: uploaded outputs on disk, and objects of its bucket linked.
+
+A run's output becomes the file ``{entity}/file`` (``provenance.file_id``), one row of the
+``files`` table: its revision, whether it is withdrawn (deprecated), its origin (``upload``:
+content under ``files/``, ``file_area.py``; ``link``: an object of the graph's bucket, not
+copied), its size, SHA-256 digest and media type. Files are handed out as ``NexusFile`` records,
+what ``NexusUploadSynchronizer`` expects of the files it uploads (``NexusFiles``), with a
+``file://`` address where their content is read.
+
+- ``upload_file`` streams the content to a temporary file first, then, holding the database's
+  write lock (which orders the writers of one file, in every process), renames it into place
+  and records its digest; the same content again writes nothing (no new revision).
+- ``file_info`` is None for a file absent, withdrawn, or no longer on disk with its size.
+- a withdrawn file is never written again (``Conflict``).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import posixpath
-import re
-import secrets
-import stat
-from collections.abc import Iterator, Mapping
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
 
-from obp_workflow.core.errors import FieldError, InvalidRequest, NotFound
-from obp_workflow.core.text import utf8_tail
-from obp_workflow.ports.cluster import OutputFile
+from obp_workflow.adapters.nexus.files import NexusFile
+from obp_workflow.adapters.nexus.provenance import file_id, media_type_of
+from obp_workflow.core.errors import Conflict, ServiceUnavailable, SyncIncomplete
+from obp_workflow.core.identity import ProjectRef
+from obp_workflow.core.run import RunHeader
 
-FILE_NAME = re.compile(r"^[A-Za-z0-9_.-][A-Za-z0-9_.@+=,-]*$")
-CHUNK = 1 << 20
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+from .database import Database
+from .file_area import FileArea, Received, discard, sha256_of
+from .object_store import FileObjectStore
 
-
-def confined(run_folder: str, path: str) -> str:
-    """``run_folder/path``, refusing anything that would leave the folder."""
-    parts = path.split("/")
-    if (
-        not path
-        or path.startswith("/")
-        or any(p in ("", ".", "..") for p in parts)
-        or "\x00" in path
-    ):
-        raise InvalidRequest([FieldError("path", "must stay inside the run folder")])
-    return posixpath.join(run_folder, path)
-
-
-def open_folder(runs_root: str, folder: str, *, create: bool) -> int | None:
-    """A descriptor of ``folder`` (below ``runs_root``), reached without following a symbolic
-    link below the root, the missing folders created when ``create``; None when it is missing.
-    InvalidRequest when a part of it is a symbolic link or no folder."""
-    parts = [p for p in folder[len(runs_root) :].split("/") if p]
-    fd = os.open(runs_root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in parts:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o750, dir_fd=fd)
-            try:
-                inner = os.open(part, _DIRECTORY, dir_fd=fd)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise InvalidRequest(
-                        [FieldError("run_folder", "is a symbolic link or not a folder")]
-                    ) from None
-                raise
-            os.close(fd)
-            fd = inner
-        result, fd = fd, -1
-        return result
-    finally:
-        if fd >= 0:
-            os.close(fd)
+FILES_LAYOUT = """
+CREATE TABLE IF NOT EXISTS files (
+    id            TEXT    PRIMARY KEY,
+    project       TEXT    NOT NULL,
+    run_id        TEXT    NOT NULL,
+    relative_path TEXT    NOT NULL,
+    rev           INTEGER NOT NULL,
+    deprecated    INTEGER NOT NULL DEFAULT 0,
+    origin        TEXT    NOT NULL CHECK (origin IN ('upload', 'link')),
+    bucket        TEXT,
+    location      TEXT    NOT NULL,
+    size          INTEGER NOT NULL,
+    digest        TEXT    NOT NULL,
+    media_type    TEXT    NOT NULL,
+    stamp         TEXT,
+    created_at    TEXT    NOT NULL,
+    updated_at    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_run ON files (project, run_id);
+"""
+_GET = (
+    "SELECT id, project, run_id, relative_path, rev, deprecated, origin, bucket, location, "
+    "size, digest, media_type, stamp FROM files WHERE id = ?"
+)
+_INSERT = (
+    "INSERT INTO files (id, project, run_id, relative_path, rev, deprecated, origin, bucket, "
+    "location, size, digest, media_type, stamp, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = (
+    "UPDATE files SET rev = ?, origin = ?, bucket = ?, location = ?, size = ?, digest = ?, "
+    "media_type = ?, stamp = ?, updated_at = ? WHERE id = ?"
+)
 
 
-def write_files(folder_fd: int, files: Mapping[str, str]) -> None:
-    """Each file written whole under a temporary name, then renamed into place."""
-    for name, content in files.items():
-        temp = f".{name}.{secrets.token_hex(4)}.partial"
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640, dir_fd=folder_fd
-        )
+@dataclass(frozen=True)
+class FileRow:
+    """One row of ``files``. ``location``: under ``files/`` (upload) or the object's key (link);
+    ``stamp``: the linked object's identity when it was digested."""
+
+    id: str
+    project: str
+    run_id: str
+    relative_path: str
+    rev: int
+    deprecated: bool
+    origin: str
+    bucket: str | None
+    location: str
+    size: int
+    digest: str
+    media_type: str
+    stamp: str | None = None
+
+
+class LocalRunFiles:
+    """The run's files of the graph under ``area`` and ``db`` (``files`` table)."""
+
+    db: Database
+    area: FileArea
+    objects: FileObjectStore
+    storage_bucket: str | None
+    id_base: str
+    _now: Callable[[], datetime]
+
+    def file_id(self, project: ProjectRef, run_id: str, relative_path: str) -> str:
+        return file_id(self.id_base, project, run_id, relative_path)
+
+    def file_info(self, run: RunHeader, relative_path: str) -> NexusFile | None:
+        """The run's file for ``relative_path``; None when there is none, it is withdrawn, or
+        its content is no longer on disk with the size recorded."""
+        self.area.relative(run.project, run.run_id, relative_path)  # confined, or refused
+        with self.db.read() as conn:
+            row = _row(conn, self.file_id(run.project, run.run_id, relative_path))
+        if row is None or row.deprecated or not self._present(row):
+            return None
+        return self.nexus_file(row)
+
+    def upload_file(
+        self,
+        run: RunHeader,
+        relative_path: str,
+        stream: IO[bytes] | Iterable[bytes],
+        size: int,
+        *,
+        media_type: str | None = None,
+        digest: str | None = None,
+    ) -> NexusFile:
+        """Store one output as the run's file for ``relative_path``, streamed. ``digest``
+        ("sha256:<hex>"), when known, spares reading a content the graph holds already. The
+        same content again writes nothing; another content is a new revision. A stream of
+        another length than ``size``, or not of the given digest, is ``SyncIncomplete``."""
+        if size < 0:
+            raise ValueError("size must not be negative")
+        place = self.area.relative(run.project, run.run_id, relative_path)
+        known = _hex_of(digest)
+        if known is not None:
+            held = self.file_info(run, relative_path)
+            if held is not None and held.size == size and held.digest == f"sha256:{known}":
+                return held
+        received = self.area.receive(stream, size, relative_path)
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(content.encode())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=folder_fd)
-            raise
-
-
-def tail(folder_fd: int, name: str, max_bytes: int) -> str:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder_fd)
-    except FileNotFoundError:
-        return ""
-    try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - max_bytes)
-        data = os.pread(fd, size - start, start)
-    finally:
-        os.close(fd)
-    return utf8_tail(data, max_bytes)
-
-
-def list_files(folder_fd: int) -> list[OutputFile]:
-    """Every regular file below the folder (symbolic links are not followed nor listed)."""
-    found = []
-    for top, _dirs, names, top_fd in os.fwalk(".", dir_fd=folder_fd, follow_symlinks=False):
-        for name in names:
-            try:
-                info = os.stat(name, dir_fd=top_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(info.st_mode):
-                found.append(
-                    OutputFile(posixpath.normpath(posixpath.join(top, name)), info.st_size)
+            if known is not None and received.sha256 != known:
+                raise SyncIncomplete(
+                    [relative_path],
+                    f"{relative_path}: the stream's SHA-256 is {received.sha256}, not {known}",
                 )
-    return sorted(found, key=lambda f: f.path)
+            wanted = FileRow(
+                id=self.file_id(run.project, run.run_id, relative_path),
+                project=run.project.key,
+                run_id=run.run_id,
+                relative_path=relative_path,
+                rev=1,
+                deprecated=False,
+                origin="upload",
+                bucket=None,
+                location=place,
+                size=received.size,
+                digest=f"sha256:{received.sha256}",
+                media_type=media_type or media_type_of(relative_path),
+            )
+            return self.nexus_file(self._store(wanted, received))
+        finally:
+            discard(received.path)
+
+    def object_to_link(
+        self, run: RunHeader, relative_path: str, key: str, path: Path, info: os.stat_result
+    ) -> FileRow:
+        """The run's file an object of the graph's bucket is to be, digested (unless the file
+        already links it unchanged); done before the write transaction, which it never holds
+        for the time of reading an object."""
+        stamp = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+        ident = self.file_id(run.project, run.run_id, relative_path)
+        with self.db.read() as conn:
+            row = _row(conn, ident)
+        if row is not None and (row.origin, row.bucket, row.location, row.stamp) == (
+            "link",
+            self.storage_bucket,
+            key,
+            stamp,
+        ):
+            digest = row.digest
+        else:
+            try:
+                digest = "sha256:" + sha256_of(path)
+            except OSError as exc:
+                raise ServiceUnavailable(f"the object {key!r} could not be read: {exc}") from None
+        return FileRow(
+            id=ident,
+            project=run.project.key,
+            run_id=run.run_id,
+            relative_path=relative_path,
+            rev=1,
+            deprecated=False,
+            origin="link",
+            bucket=self.storage_bucket,
+            location=key,
+            size=info.st_size,
+            digest=digest,
+            media_type=media_type_of(relative_path),
+            stamp=stamp,
+        )
+
+    def link_object(self, conn: sqlite3.Connection, wanted: FileRow, now: str) -> NexusFile:
+        """Write the run's file linked to an object (``object_to_link``) in the caller's
+        transaction; a file that links it already, unchanged, is left as it is."""
+        row = _row(conn, wanted.id)
+        if row is not None:
+            _writable(row)
+            if (row.origin, row.bucket, row.location, row.size, row.digest, row.stamp) == (
+                wanted.origin,
+                wanted.bucket,
+                wanted.location,
+                wanted.size,
+                wanted.digest,
+                wanted.stamp,
+            ):
+                return self.nexus_file(row)
+        return self.nexus_file(_put(conn, row, wanted, now))
+
+    def file_at(self, conn: sqlite3.Connection, location: str) -> NexusFile | None:
+        """The graph's file an output is located at (by its id), if the graph holds it."""
+        if not location.startswith(self.id_base + "/"):
+            return None
+        row = _row(conn, location)
+        return None if row is None or row.deprecated else self.nexus_file(row)
+
+    def nexus_file(self, row: FileRow) -> NexusFile:
+        return NexusFile(
+            id=row.id,
+            rev=row.rev,
+            address=self._path(row).absolute().as_uri(),
+            location=row.location,
+            size=row.size,
+            digest=row.digest,
+            filename=posixpath.basename(row.relative_path),
+            media_type=row.media_type,
+        )
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _store(self, wanted: FileRow, received: Received) -> FileRow:
+        now = self._stamp()
+        with self.db.write() as conn:  # the write lock orders the renames of one file
+            row = _row(conn, wanted.id)
+            if row is not None:
+                _writable(row)
+                if (row.origin, row.location, row.size, row.digest) == (
+                    wanted.origin,
+                    wanted.location,
+                    wanted.size,
+                    wanted.digest,
+                ) and self._present(row):
+                    return row  # the same content: nothing written
+            self.area.publish(received, wanted.location)
+            return _put(conn, row, wanted, now)
+
+    def _present(self, row: FileRow) -> bool:
+        if row.origin != "upload":
+            return True
+        return self.area.size_of(row.location) == row.size
+
+    def _path(self, row: FileRow) -> Path:
+        if row.origin == "link" and row.bucket is not None:
+            found = self.objects.locate(row.bucket, row.location)
+            if found is not None:
+                return found[0]
+            return self.objects.bucket_folder(row.bucket).joinpath(*row.location.split("/"))
+        return self.area.path(row.location)
+
+    def _stamp(self) -> str:
+        """Now, as the rows record it."""
+        return self._now().astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def open_output(run_folder: str, path: str) -> int:
-    """A descriptor of the regular file ``path`` of the run folder. InvalidRequest when the path
-    leaves the folder (``..``, absolute, or through a symbolic link), NotFound when there is no
-    such regular file."""
-    full = confined(run_folder, path)
-    real_folder = os.path.realpath(run_folder)
-    if not _inside(os.path.realpath(full), real_folder):
-        raise InvalidRequest([FieldError("path", "leaves the run folder by a symbolic link")])
-    try:
-        info = os.lstat(full)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotFound(f"output {path} is not a regular file")
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NotFound(f"output {path} not found in the run folder") from None
-    opened = os.fstat(fd)
-    # What was opened is what was checked, and still inside (no folder swapped in between).
-    where = f"/proc/self/fd/{fd}"
-    moved = os.path.exists(where) and not _inside(os.readlink(where), real_folder)
-    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino) or moved:
-        os.close(fd)
-        raise NotFound(f"output {path} changed while it was opened")
-    return fd
+def _row(conn: sqlite3.Connection, ident: str) -> FileRow | None:
+    found = conn.execute(_GET, (ident,)).fetchone()
+    if found is None:
+        return None
+    values = list(found)
+    values[5] = bool(values[5])
+    return FileRow(*values)
 
 
-def stream(fd: int) -> Iterator[bytes]:
-    try:
-        while chunk := os.read(fd, CHUNK):
-            yield chunk
-    finally:
-        os.close(fd)
+def _writable(row: FileRow) -> None:
+    if row.deprecated:
+        raise Conflict(f"the graph's file {row.id} is withdrawn; it is not written again")
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip("/") + "/")
+def _put(conn: sqlite3.Connection, row: FileRow | None, wanted: FileRow, now: str) -> FileRow:
+    """Create the file, or write its next revision."""
+    if row is None:
+        conn.execute(
+            _INSERT,
+            (
+                wanted.id,
+                wanted.project,
+                wanted.run_id,
+                wanted.relative_path,
+                1,
+                0,
+                wanted.origin,
+                wanted.bucket,
+                wanted.location,
+                wanted.size,
+                wanted.digest,
+                wanted.media_type,
+                wanted.stamp,
+                now,
+                now,
+            ),
+        )
+        return replace(wanted, rev=1)
+    written = replace(wanted, rev=row.rev + 1)
+    conn.execute(
+        _UPDATE,
+        (
+            written.rev,
+            written.origin,
+            written.bucket,
+            written.location,
+            written.size,
+            written.digest,
+            written.media_type,
+            written.stamp,
+            now,
+            written.id,
+        ),
+    )
+    return written
+
+
+def _hex_of(digest: str | None) -> str | None:
+    if digest is None:
+        return None
+    algorithm, _, value = digest.partition(":")
+    return value.lower() if algorithm.lower() == "sha256" and value else None
