@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -183,6 +184,59 @@ def parse_accounting_line(line: str) -> JobAccounting | None:
         submitted=_slurm_time(submit),
         raw=line.strip(),
     )
+
+
+#: ``Key=value`` pairs of ``scontrol -o show job`` (a value runs to the next `` Key=``).
+_CONTROLLER_FIELD = re.compile(r"([A-Za-z][A-Za-z/:_]*)=(.*?)(?= [A-Za-z][A-Za-z/:_]*=|$)")
+
+
+def parse_controller_record(text: str) -> JobAccounting | None:
+    """A finished job's record as the controller still holds it (``scontrol -o show job``,
+    for ``MinJobAge`` after the job ends), in the shape of its accounting record; None when the
+    text is not one job's record or the job has not finished. The controller knows the job's
+    final state at once, while slurmdbd's record arrives seconds later."""
+    fields = dict(_CONTROLLER_FIELD.findall(text.strip()))
+    job_id = fields.get("JobId", "")
+    if not job_id.isdigit():
+        return None
+    state = JobState.parse(fields.get("JobState", "").split()[0] if fields.get("JobState") else "")
+    if PHASE_OF[state] in (JobPhase.WAITING, JobPhase.RUNNING, JobPhase.UNKNOWN):
+        return None
+    code, signal = parse_exit_code(fields.get("ExitCode", ""))
+    nodes = fields.get("NumNodes", "")
+    node_list = fields.get("NodeList", "")
+    return JobAccounting(
+        job_id=job_id,
+        state=state,
+        exit_code=code,
+        signal=signal,
+        nodes=int(nodes) if nodes.isdigit() else None,
+        node_list="" if node_list in ("", "(null)") else node_list,
+        elapsed_seconds=_duration_seconds(fields.get("RunTime", "")),
+        started=_slurm_time(fields.get("StartTime", "")),
+        ended=_slurm_time(fields.get("EndTime", "")),
+        name=fields.get("JobName", ""),
+        submitted=_slurm_time(fields.get("SubmitTime", "")),
+        raw=" ".join(
+            f"{k}={fields[k]}" for k in ("JobId", "JobState", "ExitCode", "RunTime") if k in fields
+        ),
+    )
+
+
+def _duration_seconds(text: str) -> int | None:
+    """Slurm's ``[D-]HH:MM:SS`` (or ``MM:SS``) as seconds; None when unreadable."""
+    days, _, clock = text.strip().rpartition("-")
+    parts = clock.split(":")
+    if (
+        not 2 <= len(parts) <= 3
+        or not all(p.isdigit() for p in parts)
+        or not (days or "0").isdigit()
+    ):
+        return None
+    seconds = 0
+    for p in parts:
+        seconds = seconds * 60 + int(p)
+    return int(days or 0) * 86400 + seconds
 
 
 def _slurm_time(text: str) -> str | None:

@@ -259,7 +259,15 @@ def test_accounting_records_a_finished_jobs_nodes_elapsed_time_and_exit_code(
     h = cluster_gateway_harness
     job, job_id = finished(h, ending)
     record = accounted(h, job_id)
-    assert record == h.gateway.accounting(h.cluster, job_id, job.tag)
+    again = h.gateway.accounting(h.cluster, job_id, job.tag)
+    assert again is not None
+    assert (again.job_id, again.name, again.state, again.exit_code, again.nodes) == (
+        record.job_id,
+        record.name,
+        record.state,
+        record.exit_code,
+        record.nodes,
+    )
     assert h.gateway.accounting(h.cluster, job_id, "obp-another-run-0000") is None
     assert record.job_id == job_id
     assert record.name == job.tag
@@ -269,6 +277,27 @@ def test_accounting_records_a_finished_jobs_nodes_elapsed_time_and_exit_code(
     assert record.node_list
     assert record.elapsed_seconds is not None
     assert record.elapsed_seconds >= 0
+
+
+def test_a_job_that_just_ended_has_its_record_at_once(
+    cluster_gateway_harness: ClusterGatewayHarness,
+) -> None:
+    """A run's registration does not wait for the accounting database to catch up: the
+    record of a job seen ended is there at once (Slurm: the controller's, until slurmdbd's
+    arrives)."""
+    h = cluster_gateway_harness
+    job, job_id = finished(h, Ending.FAIL_3)
+    wait_until(
+        lambda: h.gateway.poll(h.cluster, [job_id])[job_id].phase is JobPhase.FAILED,
+        30,
+        f"job {job_id} seen failed",
+        interval=0.1,
+    )
+    record = h.gateway.accounting(h.cluster, job_id, job.tag)
+    assert record is not None
+    assert (record.job_id, record.name, record.state) == (job_id, job.tag, JobState.FAILED)
+    assert (record.exit_code, record.nodes) == (3, 1)
+    assert record.elapsed_seconds is not None
 
 
 def accounted(h: ClusterGatewayHarness, job_id: str, tag: str | None = None) -> JobAccounting:

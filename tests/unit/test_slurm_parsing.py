@@ -8,14 +8,20 @@ from obp_workflow.adapters.ssh.connection import Budget, load_private_key
 from obp_workflow.adapters.ssh.slurm import confined, parse_sacct_line, parse_squeue_line
 from obp_workflow.core.cluster import SecretRef
 from obp_workflow.core.errors import ClusterAccessDenied, InvalidRequest
-from obp_workflow.core.jobs import JobAccounting, JobPhase, JobState, parse_accounting_line
+from obp_workflow.core.jobs import (
+    JobAccounting,
+    JobPhase,
+    JobState,
+    parse_accounting_line,
+    parse_controller_record,
+)
 
 EVERY_STATE = [s for s in JobState if s is not JobState.UNKNOWN]
 
 
 @pytest.mark.parametrize("state", EVERY_STATE, ids=lambda s: s.value)
 def test_every_squeue_state_is_read_with_its_exit_code_once_ended(state: JobState) -> None:
-    line = f"4242|{state.value}|None|{3 << 8 | 9}|obp-run-00000001                    "
+    line = f"4242|{state.value}|None|{3 << 8 | 9}|"
     obs = parse_squeue_line(line)
     assert obs is not None
     assert (obs.job_id, obs.state, obs.source) == ("4242", state, "squeue")
@@ -147,3 +153,41 @@ def test_an_accounting_line_of_a_job_that_never_ran_has_no_nodes_or_end() -> Non
 )
 def test_lines_that_are_not_an_accounting_record_are_none(line: str) -> None:
     assert parse_accounting_line(line) is None
+
+
+CONTROLLER_LINE = (
+    "JobId=5226 JobName=obp-run-0001 UserId=obpsim(1001) GroupId=obpsim(1001) Priority=1 "
+    "JobState=FAILED Reason=NonZeroExitCode Dependency=(null) ExitCode=3:0 RunTime=1-02:03:04 "
+    "TimeLimit=UNLIMITED SubmitTime=2026-12-06T17:43:29 StartTime=2026-12-06T17:43:30 "
+    "EndTime=2026-12-07T19:46:34 Partition=debug NodeList=node-[1-2] BatchHost=node-1 NumNodes=2 "
+    "NumCPUs=2 Command=(null) WorkDir=/home/obpsim dir StdOut=/home/obpsim/slurm-5226.out"
+)
+
+
+def test_the_controllers_record_of_an_ended_job_reads_as_its_accounting() -> None:
+    record = parse_controller_record(CONTROLLER_LINE)
+    assert record is not None
+    assert (record.job_id, record.name, record.state) == ("5226", "obp-run-0001", JobState.FAILED)
+    assert (record.exit_code, record.signal) == (3, 0)
+    assert (record.nodes, record.node_list) == (2, "node-[1-2]")
+    assert record.elapsed_seconds == 86400 + 2 * 3600 + 3 * 60 + 4
+    assert (record.submitted, record.started, record.ended) == (
+        "2026-12-06T17:43:29",
+        "2026-12-06T17:43:30",
+        "2026-12-07T19:46:34",
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        CONTROLLER_LINE.replace("JobState=FAILED", "JobState=RUNNING"),
+        CONTROLLER_LINE.replace("JobState=FAILED", "JobState=COMPLETING"),
+        CONTROLLER_LINE.replace("JobId=5226", "JobId=abc"),
+        "",
+        "slurm_load_jobs error: Invalid job id specified",
+    ],
+    ids=["running", "completing", "bad-id", "empty", "error"],
+)
+def test_a_record_of_a_job_not_ended_or_not_a_record_is_none(text: str) -> None:
+    assert parse_controller_record(text) is None

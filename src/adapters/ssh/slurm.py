@@ -39,6 +39,7 @@ from obp_workflow.core.jobs import (
     JobPhase,
     JobState,
     parse_accounting_line,
+    parse_controller_record,
     parse_exit_code,
 )
 from obp_workflow.core.jobspec import LOG_FILE, JobSpec
@@ -56,7 +57,9 @@ _UNCLEAR = ("Socket timed out", "timed out", "Zero Bytes were transmitted")
 #: sbatch errors that mean nothing reached the controller.
 _NOT_SENT = ("Unable to contact slurm controller", "Connection refused")
 #: squeue's fields, '|' after each; exit_code is the raw wait status (code << 8 | signal).
-SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:"
+#: Short on purpose: a poll of many jobs reads one line per job every cycle (no name: the ids
+#: asked for are the service's own jobs).
+SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:"
 SACCT_FIELDS = "JobID,State,ExitCode,JobName,Start,End,Elapsed"
 FIND_WINDOW = "now-60days"
 #: Above this many jobs, squeue is asked by user rather than by a list of ids.
@@ -229,8 +232,11 @@ class SlurmClusterGateway(ClusterGateway):
         # The job named ``tag``; without one, any job but slurmdbd's placeholder.
         records = [r for r in found if (r.name == tag if tag else r.name != ACCOUNTING_PLACEHOLDER)]
         if not records and any(r.name == ACCOUNTING_PLACEHOLDER for r in found):
-            # slurmdbd holds a placeholder until the job's own record arrives, moments
-            # after the job ends: ask again later rather than report no record.
+            # slurmdbd holds a placeholder until the job's own record arrives, seconds after
+            # the job ends; the controller knows the final record at once.
+            held = self._controller_record(endpoint, wanted)
+            if held is not None:
+                return held if tag is None or held.name == tag else None
             raise ServiceUnavailable(
                 f"the accounting of job {wanted} on {cluster.name} is not complete yet"
             )
@@ -320,6 +326,11 @@ class SlurmClusterGateway(ClusterGateway):
         argv = ["sacct", "-X", "-n", "-P", "--allusers", f"--jobs={','.join(job_ids)}"]
         return self._query(endpoint, [*argv, f"--format={fields}"]).text().splitlines()
 
+    def _controller_record(self, endpoint: Endpoint, job_id: str) -> JobAccounting | None:
+        """The finished job's record as slurmctld still holds it, or None."""
+        argv = ["scontrol", "-o", "show", "job", job_id]
+        return parse_controller_record(self._query(endpoint, argv, missing_ok=True).text())
+
     def _query(
         self, endpoint: Endpoint, argv: Sequence[str], *, missing_ok: bool = False
     ) -> CommandResult:
@@ -357,7 +368,7 @@ def _stream(handle: paramiko.SFTPFile, lock: threading.RLock) -> Iterator[bytes]
 
 
 def parse_squeue_line(line: str) -> JobObservation | None:
-    """``JobID|State|Reason|exit_code|Name``; None for a line that is not one."""
+    """``JobID|State|Reason|exit_code``; None for a line that is not one."""
     parts = line.strip().split("|", 4)
     if len(parts) < 4 or not JOB_ID.fullmatch(parts[0].strip()):
         return None
