@@ -34,6 +34,11 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# The service's default family is the one-machine ``local`` one, with state in the user's
+# home: tests choose their family explicitly, and the in-memory one unless they say otherwise
+# (subprocesses inherit it); a test of the local family gives it its own OBP_HOME.
+os.environ.setdefault("OBP_ADAPTERS", "fake")
+
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:

@@ -50,14 +50,14 @@ from tests.contract.harness_aws import (
 )
 from tests.contract.harness_keycloak import KeycloakTokenVerifierHarness
 from tests.contract.harness_local import ProcessClusterGatewayHarness
-from tests.contract.harness_local_instances import ProcessInstanceOrchestratorHarness
-from tests.contract.harness_local_issuer import LocalIssuerTokenVerifierHarness
-from tests.contract.harness_local_provisioner import StaticClusterProvisionerHarness
-from tests.contract.harness_local_secrets import FileSecretStoreHarness
 from tests.contract.harness_local_graph import (
     LocalUploadSynchronizerHarness,
     SqliteKnowledgeGraphHarness,
 )
+from tests.contract.harness_local_instances import ProcessInstanceOrchestratorHarness
+from tests.contract.harness_local_issuer import LocalIssuerTokenVerifierHarness
+from tests.contract.harness_local_provisioner import StaticClusterProvisionerHarness
+from tests.contract.harness_local_secrets import FileSecretStoreHarness
 from tests.contract.harness_nexus import NexusKnowledgeGraphHarness
 from tests.contract.harness_provisioner import HttpClusterProvisionerHarness
 from tests.contract.harness_repositories import (

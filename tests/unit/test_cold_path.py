@@ -98,7 +98,7 @@ def test_the_authorizers_first_call_imports_no_heavy_package(
         assert issuer.requests["discovery"] == requests.get("discovery", 0) + 1
         assert issuer.requests["certs"] == requests.get("certs", 0) + 1
     else:
-        modules = cold_modules({}, "cold", "refused")  # the fake family knows no token
+        modules = cold_modules({"OBP_ADAPTERS": "fake"}, "cold", "refused")  # knows no token
 
     assert loaded(modules, *HEAVY) == set()
     composition_root = (
@@ -115,8 +115,17 @@ def test_the_authorizers_first_call_imports_no_heavy_package(
 
 
 def test_the_fake_family_builds_a_verifier_that_knows_no_token() -> None:
-    assert load_token_settings({}) == TokenSettings()
-    assert isinstance(build_token_verifier(TokenSettings()), FakeTokenVerifier)
+    settings = load_token_settings({"OBP_ADAPTERS": "fake"})
+    assert settings == TokenSettings(adapters="fake")
+    assert isinstance(build_token_verifier(settings), FakeTokenVerifier)
+
+
+def test_the_local_family_is_the_default_and_trusts_the_local_issuer() -> None:
+    settings = load_token_settings({})
+    assert settings == TokenSettings(adapters="local")
+    verifier = build_token_verifier(settings)
+    assert type(verifier).__name__ == "KeycloakTokenVerifier"
+    assert verifier._settings.issuer == "http://127.0.0.1:8080/realms/obp"  # type: ignore[attr-defined]
 
 
 def test_the_aws_family_reads_the_keycloak_settings_as_settings_does() -> None:
@@ -143,7 +152,7 @@ def test_the_aws_family_reads_the_keycloak_settings_as_settings_does() -> None:
 @pytest.mark.parametrize(
     ("environment", "expected"),
     [
-        ({"OBP_ADAPTERS": "AWS"}, ["OBP_ADAPTERS: Input should be 'fake' or 'aws'"]),
+        ({"OBP_ADAPTERS": "AWS"}, ["OBP_ADAPTERS: Input should be 'local', 'fake' or 'aws'"]),
         ({"OBP_ADAPTERS": "aws"}, ["required with OBP_ADAPTERS=aws: OBP_KEYCLOAK_ISSUER"]),
         (
             {"OBP_ADAPTERS": "aws", "OBP_KEYCLOAK_ISSUER": "https://kc/realms/r"},
@@ -152,7 +161,7 @@ def test_the_aws_family_reads_the_keycloak_settings_as_settings_does() -> None:
         (
             {"OBP_ADAPTERS": "x", "OBP_KEYCLOAK_GROUPS_SOURCE": "claims"},
             [
-                "OBP_ADAPTERS: Input should be 'fake' or 'aws'",
+                "OBP_ADAPTERS: Input should be 'local', 'fake' or 'aws'",
                 "OBP_KEYCLOAK_GROUPS_SOURCE: Input should be 'token' or 'userinfo'",
             ],
         ),
@@ -200,6 +209,7 @@ API_HEAVY = ("boto3", "botocore.client", "paramiko", "luigi", "httpx", "jwt", "c
 
 def test_the_apis_first_call_with_fake_adapters_imports_no_production_adapter() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBP_")}
+    env["OBP_ADAPTERS"] = "fake"
     out = subprocess.run(
         [sys.executable, "-c", API_COLD_CALL], env=env, capture_output=True, text=True, check=True
     )

@@ -18,8 +18,8 @@ from obp_workflow.adapters.aws.dynamodb import table_schema
 from obp_workflow.entrypoints.composition.settings import Settings, load_settings
 from obp_workflow.entrypoints.composition.token_verifier import load_token_settings
 from obp_workflow.entrypoints.http.api import public_path
-from obp_workflow.entrypoints.local import gateway
-from obp_workflow.entrypoints.local.gateway import PROBLEM_JSON
+from obp_workflow.entrypoints.http.models import PROBLEM_JSON
+from obp_workflow.entrypoints.local import events, limits
 from tests.deploy_template import REPO, Resolver, load, load_text, star_violations
 
 TEMPLATE = load()
@@ -86,11 +86,11 @@ def test_the_runs_table_is_table_schema() -> None:
 def test_the_gateway_responses_are_the_local_gateways_problems() -> None:
     responses = RESOURCES["Api"]["Properties"]["GatewayResponses"]
     expected = {
-        "UNAUTHORIZED": gateway.UNAUTHORIZED,
-        "ACCESS_DENIED": gateway.ACCESS_DENIED,
-        "REQUEST_TOO_LARGE": gateway.REQUEST_TOO_LARGE,
-        "AUTHORIZER_FAILURE": gateway.AUTHORIZER_FAILURE,
-        "AUTHORIZER_CONFIGURATION_ERROR": gateway.AUTHORIZER_FAILURE,
+        "UNAUTHORIZED": events.UNAUTHORIZED,
+        "ACCESS_DENIED": events.ACCESS_DENIED,
+        "REQUEST_TOO_LARGE": limits.REQUEST_TOO_LARGE,
+        "AUTHORIZER_FAILURE": events.AUTHORIZER_FAILURE,
+        "AUTHORIZER_CONFIGURATION_ERROR": events.AUTHORIZER_FAILURE,
     }
     assert set(responses) == set(expected)
     for name, problem in expected.items():

@@ -5,8 +5,8 @@ each adapter the first time it is needed. The container offers the two use-case 
 ``requests`` (what the API asks: it needs the repository, the instance orchestrator, the clock
 and ids, the cluster only for a log and the knowledge graph only for a run's provenance) and
 ``pipeline`` (what drives runs: every port). The adapter families live in their own modules
-(:mod:`.fake`, :mod:`.aws`), imported when asked for: the production service never imports
-the in-memory adapters, nor the tests the AWS ones.
+(:mod:`.local`, :mod:`.fake`, :mod:`.aws`), imported when asked for: the production service
+never imports the in-memory adapters, nor the tests the AWS ones.
 
 Each slot bears the snake-case name of its port (``cluster_gateway`` for ``ClusterGateway``):
 the same name is the family's attribute and the override key of ``build``.
@@ -122,6 +122,10 @@ def family_for(settings: Settings) -> containers.DeclarativeContainer:
         from .aws import AwsAdapters
 
         return AwsAdapters(settings=providers.Object(settings))
+    if settings.adapters == "local":
+        from .local import LocalAdapters
+
+        return LocalAdapters(settings=providers.Object(settings))
     from .fake import FakeAdapters
 
     return FakeAdapters()

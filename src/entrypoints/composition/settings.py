@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -60,6 +62,11 @@ def _template(value: str, fields: tuple[str, ...], *, path: bool, empty: bool = 
     return value
 
 
+def _default_home() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "obp-workflow"
+
+
 class SettingsError(Exception):
     """One line per missing or wrong setting, naming its environment variable."""
 
@@ -67,8 +74,10 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OBP_", extra="ignore", frozen=True)
 
-    adapters: Literal["fake", "aws"] = Field(
-        "fake", description="Which adapters to wire: 'fake' (in memory) or 'aws'."
+    adapters: Literal["local", "fake", "aws"] = Field(
+        "local",
+        description="Which adapters to wire: 'local' (one machine, state in OBP_HOME), "
+        "'fake' (in memory) or 'aws'.",
     )
     # ---------------------------------------------------------------- the pipeline
     provisioning_timeout_minutes: int = Field(
@@ -126,6 +135,32 @@ class Settings(BaseSettings):
     )
     luigid_port: int = Field(
         8082, ge=0, le=65535, description="Port of the worker's luigid on loopback (0: any)."
+    )
+    # ---------------------------------------------------------------- one machine (local)
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Folder of the local family's state (runs, jobs, outputs, graph, keys); "
+        "default $XDG_DATA_HOME/obp-workflow or ~/.local/share/obp-workflow.",
+    )
+    local_cluster: Literal["local", "ssh-slurm"] = Field(
+        "local",
+        description="The local family's cluster: 'local' (this machine's processes) or "
+        "'ssh-slurm' (a Slurm cluster reached over SSH, OBP_SLURM_*).",
+    )
+    local_slots: int | None = Field(
+        None, ge=1, le=1024, description="Jobs run at once on the local cluster (default: CPUs)."
+    )
+    slurm_host: str | None = Field(None, description="ssh-slurm: the head node's address.")
+    slurm_port: int = Field(22, ge=1, le=65535, description="ssh-slurm: its SSH port.")
+    slurm_user: str | None = Field(None, description="ssh-slurm: the login that submits jobs.")
+    slurm_key_file: Path | None = Field(
+        None, description="ssh-slurm: that login's private key file (mode 0600)."
+    )
+    slurm_host_key: str | None = Field(
+        None, description="ssh-slurm: the head node's public host key, '<type> <base64>'."
+    )
+    slurm_runs_root: str | None = Field(
+        None, description="ssh-slurm: folder of the run folders on the cluster (absolute)."
     )
     # ---------------------------------------------------------------- AWS
     aws_region: str = Field("us-east-1", min_length=1, description="AWS region of every client.")
@@ -364,6 +399,36 @@ class Settings(BaseSettings):
                     + ", ".join("OBP_" + name.upper() for name in missing)
                 )
         return self
+
+    @model_validator(mode="after")
+    def _ssh_slurm_needs(self) -> Settings:
+        if self.adapters == "local" and self.local_cluster == "ssh-slurm":
+            needed = ("slurm_host", "slurm_user", "slurm_key_file", "slurm_host_key")
+            missing = [name for name in needed if not getattr(self, name)]
+            if missing:
+                raise ValueError(
+                    "required with OBP_LOCAL_CLUSTER=ssh-slurm: "
+                    + ", ".join("OBP_" + name.upper() for name in missing)
+                )
+        return self
+
+    @field_validator("slurm_runs_root")
+    @classmethod
+    def _slurm_runs_root(cls, value: str | None) -> str | None:
+        return None if value is None else _template(value, (), path=True, empty=False)
+
+    @field_validator("slurm_user")
+    @classmethod
+    def _slurm_login(cls, value: str | None) -> str | None:
+        return None if value is None else cls._login(value)
+
+    @field_validator("home")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        path = value.expanduser()
+        if not path.is_absolute():
+            raise ValueError("must be an absolute path")
+        return path
 
     @staticmethod
     def split(value: str | None) -> tuple[str, ...]:

@@ -10,7 +10,10 @@ start, so this module reads only ``OBP_ADAPTERS``, ``OBP_LOG_LEVEL`` and the
 - ``fake``: a :class:`~obp_workflow.adapters.fake.token_verifier.FakeTokenVerifier` that knows no
   token (every token is refused), as ``composition.fake.FakeAdapters.token_verifier``;
 - ``aws``: a :class:`~obp_workflow.adapters.keycloak.verifier.KeycloakTokenVerifier`, as
-  ``composition.aws.AwsAdapters.token_verifier``.
+  ``composition.aws.AwsAdapters.token_verifier``;
+- ``local``: the same verifier, trusting the local issuer that ``serve`` publishes (by
+  default at ``http://127.0.0.1:8080/realms/obp``) and its client, as
+  ``composition.local.LocalAdapters.token_verifier``.
 
 It imports only the standard library at module level; the adapter of the family asked for is
 imported when it is built. Every problem with the settings is reported at once, by variable.
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from obp_workflow.ports.identity import TokenVerifier
 
-ADAPTERS = ("fake", "aws")
+ADAPTERS = ("local", "fake", "aws")
 GROUPS_SOURCES = ("token", "userinfo")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _PREFIX = "OBP_"
@@ -40,7 +43,7 @@ class TokenSettingsError(ValueError):
 class TokenSettings:
     """The settings the token verifier depends on (a subset of ``Settings``, same meaning)."""
 
-    adapters: Literal["fake", "aws"] = "fake"
+    adapters: Literal["local", "fake", "aws"] = "local"
     keycloak_issuer: str | None = None
     keycloak_audiences: tuple[str, ...] = ()
     keycloak_authorized_parties: tuple[str, ...] = ()
@@ -61,12 +64,15 @@ def load_token_settings(environ: Mapping[str, str] | None = None) -> TokenSettin
     def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
         value = env.get(_PREFIX + name, default)
         if value not in allowed:
-            options = " or ".join(repr(a) for a in allowed)
+            quoted = [repr(a) for a in allowed]  # worded as pydantic words it
+            options = " or ".join(
+                [", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 2 else quoted
+            )
             problems.append(f"{_PREFIX}{name}: Input should be {options}")
             return default
         return value
 
-    adapters = choice("ADAPTERS", ADAPTERS, "fake")
+    adapters = choice("ADAPTERS", ADAPTERS, "local")
     groups_source = choice("KEYCLOAK_GROUPS_SOURCE", GROUPS_SOURCES, "token")
     log_level = choice("LOG_LEVEL", LOG_LEVELS, "INFO")
     issuer = env.get(_PREFIX + "KEYCLOAK_ISSUER")
@@ -101,6 +107,18 @@ def build_token_verifier(settings: TokenSettings | None = None) -> TokenVerifier
                 issuer=settings.keycloak_issuer or "",
                 audiences=settings.keycloak_audiences,
                 authorized_parties=settings.keycloak_authorized_parties,
+                groups_source=settings.keycloak_groups_source,
+            )
+        )
+    if settings.adapters == "local":
+        from obp_workflow.adapters.keycloak.verifier import KeycloakSettings, KeycloakTokenVerifier
+        from obp_workflow.adapters.local.token_issuer import CLIENT_ID, issuer_url
+
+        return KeycloakTokenVerifier(
+            KeycloakSettings(
+                issuer=settings.keycloak_issuer or issuer_url("127.0.0.1", 8080),
+                audiences=settings.keycloak_audiences,
+                authorized_parties=settings.keycloak_authorized_parties or (CLIENT_ID,),
                 groups_source=settings.keycloak_groups_source,
             )
         )
