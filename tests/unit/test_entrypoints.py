@@ -12,7 +12,6 @@ from obp_workflow.application.pipeline import Pipeline
 from obp_workflow.application.requests import Requests
 from obp_workflow.entrypoints.aws_lambda import api as lambda_api
 from obp_workflow.entrypoints.aws_lambda import authorizer as lambda_authorizer
-from obp_workflow.entrypoints.cli.main import main
 from obp_workflow.entrypoints.composition.aws import provisioner_settings
 from obp_workflow.entrypoints.composition.root import build
 from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
@@ -73,18 +72,6 @@ def test_an_unknown_host_key_policy_is_named(monkeypatch: pytest.MonkeyPatch, wr
     monkeypatch.setenv("OBP_HOST_KEY_POLICY", wrong)
     with pytest.raises(SettingsError, match="OBP_HOST_KEY_POLICY"):
         load_settings()
-
-
-@pytest.mark.parametrize("flags", [[], ["--no-lustre"]], ids=["lustre", "direct-upload"])
-def test_the_demo_drives_one_simulation_to_done(
-    flags: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["demo", *flags]) == 0
-    out = capsys.readouterr().out
-    path = "ACCEPTED -> PROVISIONING -> SUBMITTING -> QUEUED -> RUNNING -> SYNCING -> REGISTERING"
-    assert f"{path} -> DONE" in out
-    assert ("lustre-hsm" in out) == (flags == [])
-    assert ("3 outputs linked as files of the graph" in out) == (flags == [])
 
 
 def test_the_aws_adapters_need_their_settings_each_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,96 +1,120 @@
-"""``obp-workflow demo``: one simulation through the whole lifecycle, in one process."""
+"""``obp-workflow demo``: the service's main job on one machine, for real.
+
+In a fresh ``OBP_HOME`` (a new temporary folder, kept afterwards to look at) it starts the
+embedded service as ``serve`` does (the API behind the local gateway, the local token issuer),
+mints a token for a member of the demo project, submits the example simulation (a network of
+leaky integrate-and-fire neurons in plain Python, ``examples/lif-network.json``) over HTTP and
+follows it with ``watch`` while the project's worker process drives it: a real job on the
+``local`` cluster (a process of this machine) or, with ``--cluster ssh-slurm``, on the Slurm
+cluster the ``OBP_SLURM_*`` settings name. Then it prints the timeline, the outputs with their
+digests and the provenance read back from the local graph, with the very client commands a user
+types.
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
 import sys
+import tempfile
 import time
-
-from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
-from obp_workflow.core.request import SimulationRequest
-from obp_workflow.core.run import RunEvent
-from obp_workflow.ports.system import EventPublisher
+from collections.abc import Sequence
+from pathlib import Path
 
 DEMO_VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
 DEMO_PROJECT = "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
-
-DEMO_REQUEST = {
-    "kind": "simulation",
-    "name": "Thalamocortical microcircuit, 1 s of biological time",
-    "command": ["neurodamus", "--configFile=simulation_config.json", "--tstop", "1000"],
-    "resources": {"nodes": 4, "tasks_per_node": 32, "time_limit_minutes": 120},
-    "inputs": ["https://openbrainplatform.org/data/circuits/thalamocortical-v2"],
-    "outputs": ["output/spikes.h5", "output/soma_reports.h5", "output/simulation.log"],
-    "metadata": {"campaign": "demo"},
-}
+#: The example in a checkout (``pip install -e .``); elsewhere give ``--request``.
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "lif-network.json"
 
 
-class PrintingPublisher(EventPublisher):
-    """Prints each change of a run as one line: when, which state, why."""
-
-    def __init__(self, out: object = None) -> None:
-        self._out = out or sys.stdout
-        self._t0 = time.monotonic()
-
-    def publish(self, project: ProjectRef, run_id: str, event: RunEvent) -> None:
-        elapsed = time.monotonic() - self._t0
-        marker = "->" if event.is_transition else "  "
-        print(
-            f"[{elapsed:7.3f}s] {run_id[:8]} v{event.version:<2} {marker} "
-            f"{event.to_state.value:<12} {event.reason}",
-            file=self._out,  # type: ignore[arg-type]
-            flush=True,
-        )
-
-
-def demo(lustre: bool = True, max_rounds: int = 50) -> int:
-    """Build the service on fakes, submit one simulation, drive it to the end."""
-    from obp_workflow.adapters.fake.cluster_provisioner import (
-        FakeClusterProvisioner,
-        example_cluster,
-    )
+def demo(cluster: str = "local", request: Path | None = None, home: Path | None = None) -> int:
+    """Run the example to its end; 0 when it is DONE."""
+    from obp_workflow.adapters.local.token_issuer import mint_token
     from obp_workflow.entrypoints.composition.logs import apply_log_level
-    from obp_workflow.entrypoints.composition.root import build
-    from obp_workflow.entrypoints.composition.settings import load_settings
-    from obp_workflow.entrypoints.worker.driver import Driver
+    from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
 
-    project = ProjectRef.parse(DEMO_VLAB, DEMO_PROJECT)
-    scientist = Principal(
-        subject="f3a9c1e2-0000-4000-8000-000000000001",
-        username="ada",
-        memberships=parse_groups([f"/proj/{DEMO_VLAB}/{DEMO_PROJECT}/member"]),
+    from .main import main as command
+    from .serve import start
+
+    started = time.monotonic()
+    request = request or EXAMPLE
+    if not request.is_file():
+        print(f"error: no run request at {request} (give --request FILE)", file=sys.stderr)
+        return 2
+    home = home or Path(tempfile.mkdtemp(prefix="obp-workflow-demo-"))
+    # The worker processes the service starts read their settings from the environment.
+    os.environ.update(
+        OBP_ADAPTERS="local",
+        OBP_HOME=str(home),
+        OBP_LOCAL_CLUSTER=cluster,
+        OBP_WORKER_POLL_SECONDS=os.environ.get("OBP_WORKER_POLL_SECONDS", "0.25"),
+        OBP_WORKER_IDLE_MINUTES=os.environ.get("OBP_WORKER_IDLE_MINUTES", "1"),
+        OBP_LOG_LEVEL=os.environ.get("OBP_LOG_LEVEL", "WARNING"),
     )
-    provisioner = FakeClusterProvisioner(
-        ready_after=2, cluster_for=lambda p: example_cluster(p, lustre=lustre)
-    )
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     apply_log_level(settings.log_level)
-    container = build(
-        settings, event_publisher=PrintingPublisher(), cluster_provisioner=provisioner
-    )
-    requests, pipeline = container.requests(), container.pipeline()
+    try:
+        running = start(settings, port=0)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        assert running.issuer is not None
+        token = mint_token(
+            home,
+            running.issuer.issuer,
+            [f"/proj/{DEMO_VLAB}/{DEMO_PROJECT}/member"],
+            username=getpass.getuser(),
+        )
+        where = [
+            "--url", running.url, "--token", token, "--vlab", DEMO_VLAB, "--project", DEMO_PROJECT,
+        ]  # fmt: skip
+        print(f"obp-workflow demo: the service on {running.url}, state in {home}")
+        print(f"cluster: {_cluster_text(settings.local_cluster)}")
+        print(f"submitting {request.name}: {json.loads(request.read_text())['name']}\n")
+        run_id = _submit(command, where, request)
+        if run_id is None:
+            return 1
+        outcome = command(["watch", run_id, "--interval", "0.25", *where])
+        for shown in (["status", run_id], ["outputs", run_id], ["provenance", run_id]):
+            print()
+            command([*shown, *where])
+        print(f"\nthe demo took {time.monotonic() - started:.1f} s; its state stays in {home}")
+        print(f"the job's folder: {_run_folder(settings, run_id)}")
+        return outcome
+    finally:
+        running.close()
 
-    storage = "Lustre FSx (HSM export to S3)" if lustre else "shared storage (direct upload)"
-    print(f"obp-workflow demo: in-memory adapters, cluster with {storage}")
-    print(f"project {project}, submitted by {scientist.username}\n")
-    run = requests.submit(
-        scientist, project, SimulationRequest.parse(DEMO_REQUEST), idempotency_key="demo-1"
-    )
-    run_id = run.run_id
-    driver = Driver(pipeline, interval=0)
-    driver.run(
-        until=lambda: requests.get(scientist, project, run_id).terminal, max_rounds=max_rounds
-    )
-    run = requests.get(scientist, project, run_id)
-    print()
-    print(f"run {run.run_id}: {run.state.value} after {len(run.events)} events")
-    print(f"  path:       {' -> '.join(s.value for s in run.states())}")
-    print(f"  cluster:    {run.cluster_name}, job {run.job_id}")
-    if run.sync_outcome:
-        for f in run.sync_outcome.files:
-            print(f"  output:     {f.relative_path} ({f.size} B) at {f.location}")
-    if run.kg_activity_id:
-        print(f"  provenance: {run.kg_activity_id}")
-    links = getattr(container.knowledge_graph(), "links", {})
-    if links:
-        print(f"  files:      {len(links)} outputs linked as files of the graph (to their objects)")
-    return 0 if run.state.value == "DONE" else 1
+
+def _submit(command: object, where: Sequence[str], request: Path) -> str | None:
+    """Submit through the command line, reading the run id it prints."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = command(["submit", str(request), *where])  # type: ignore[operator]
+    text = out.getvalue().strip()
+    if code != 0 or not text:
+        print(text, file=sys.stderr)
+        return None
+    run_id = text.splitlines()[-1].strip()
+    print(f"run {run_id} accepted")
+    return run_id
+
+
+def _cluster_text(cluster: str) -> str:
+    if cluster == "ssh-slurm":
+        return "ssh-slurm: the Slurm cluster named by OBP_SLURM_HOST, over SSH"
+    return "local: jobs are processes of this machine"
+
+
+def _run_folder(settings: object, run_id: str) -> str:
+    from obp_workflow.entrypoints.composition.local import cluster_handle
+
+    return cluster_handle(settings).run_folder(run_id)  # type: ignore[arg-type]

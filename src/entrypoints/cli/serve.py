@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from obp_workflow.core.identity import Principal, parse_groups
@@ -23,10 +24,58 @@ if TYPE_CHECKING:
     from obp_workflow.adapters.local.token_issuer import LocalTokenIssuer
     from obp_workflow.entrypoints.composition.root import Service
     from obp_workflow.entrypoints.composition.settings import Settings
+    from obp_workflow.entrypoints.local.gateway import LocalGateway
 
 log = logging.getLogger("obp_workflow.serve")
 
 ExtraRoutes = Mapping[str, Callable[[], tuple[int, Mapping[str, Any]]]]
+
+
+@dataclass
+class Running:
+    """The service behind its gateway, started by :func:`start`."""
+
+    settings: Settings
+    container: Service
+    server: LocalGateway
+    issuer: LocalTokenIssuer | None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def close(self) -> None:
+        """Stop the gateway, then the workers it started (their jobs run on)."""
+        self.server.stop()
+        if self.settings.adapters == "local":
+            _stop_workers(self.container)
+
+
+def start(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    overrides: Mapping[str, object] | None = None,
+    extra_routes: ExtraRoutes | None = None,
+) -> Running:
+    """Build the service as ``settings`` say and serve it in the background; on the local
+    family also publish the issuer and resume the workers of projects with unfinished runs.
+    OSError or ValueError when it cannot start (the address taken, OBP_HOME unusable)."""
+    from obp_workflow.entrypoints.composition.root import build
+    from obp_workflow.entrypoints.local.gateway import make_server
+
+    container = build(settings, **(overrides or {}))
+    routes: dict[str, Callable[[], tuple[int, Mapping[str, Any]]]] = dict(extra_routes or {})
+    issuer_box: list[LocalTokenIssuer] = []
+    if settings.adapters == "local":
+        routes.update(_issuer_routes(issuer_box))
+    server = make_server(host, port, container, extra_routes=routes)
+    if settings.adapters == "local":
+        issuer_box.append(_local_issuer(settings, container, host, server.server_address[1]))
+    server.start()
+    if settings.adapters == "local":
+        _resume_workers(container)
+    return Running(settings, container, server, issuer_box[0] if issuer_box else None)
 
 
 def serve(
@@ -39,9 +88,7 @@ def serve(
     """The service behind a local HTTP gateway, until interrupted (SIGINT or SIGTERM)."""
     from obp_workflow.adapters.fake.token_verifier import FakeTokenVerifier
     from obp_workflow.entrypoints.composition.logs import apply_log_level
-    from obp_workflow.entrypoints.composition.root import build
     from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
-    from obp_workflow.entrypoints.local.gateway import make_server
 
     try:
         settings = load_settings()
@@ -60,30 +107,19 @@ def serve(
         groups = [g for g in dev_groups.split(",") if g]
         user = Principal("local-user", "local-user", parse_groups(groups))
         overrides["token_verifier"] = FakeTokenVerifier({dev_token: user})
-    try:
-        container = build(settings, **overrides)
-        routes: dict[str, Callable[[], tuple[int, Mapping[str, Any]]]] = dict(extra_routes or {})
-        issuer_box: list[LocalTokenIssuer] = []
-        if settings.adapters == "local":
-            routes.update(_issuer_routes(issuer_box))
-        server = make_server(host, port, container, extra_routes=routes)
-        if settings.adapters == "local":
-            issuer_box.append(_local_issuer(settings, container, host, server.server_address[1]))
-            _resume_workers(container)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    _announce(settings, server.url, issuer_box[0] if issuer_box else None)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    server.start()
+    try:
+        running = start(settings, host, port, overrides, extra_routes)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _announce(settings, running.url, running.issuer)
     try:
         stop.wait()
     finally:
-        server.stop()
-        if settings.adapters == "local":
-            _stop_workers(container)
+        running.close()
     return 0
 
 

@@ -11,10 +11,18 @@ if TYPE_CHECKING:
 
 
 def register(sub: Subparsers) -> None:
-    demo = sub.add_parser("demo", help="run one simulation end to end on in-memory adapters")
-    demo.add_argument(
-        "--no-lustre", action="store_true", help="a cluster without Lustre (direct upload)"
+    demo = sub.add_parser(
+        "demo",
+        help="run the example simulation end to end on this machine, in a fresh OBP_HOME",
     )
+    demo.add_argument(
+        "--cluster",
+        choices=("local", "ssh-slurm"),
+        default="local",
+        help="where the job runs: 'local' (a process here) or 'ssh-slurm' (OBP_SLURM_*)",
+    )
+    demo.add_argument("--request", help="the run request to submit (the LIF network example)")
+    demo.add_argument("--home", help="the OBP_HOME to use (default: a new temporary folder)")
     demo.set_defaults(handler=_demo)
 
     serve = sub.add_parser(
@@ -45,9 +53,15 @@ def register(sub: Subparsers) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .demo import demo
 
-    return demo(lustre=not args.no_lustre)
+    return demo(
+        cluster=args.cluster,
+        request=Path(args.request) if args.request else None,
+        home=Path(args.home).expanduser().resolve() if args.home else None,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
