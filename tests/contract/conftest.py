@@ -5,10 +5,10 @@ test-side controls the suite needs. To run a suite against a new adapter, add on
 ``pytest.param(HarnessClass, id="<adapter-id>")`` to the list of its port below (mark it
 ``pytest.mark.stack`` when it needs the real peers of ``scripts/stack``); nothing else changes.
 
-A test of a suite that cannot apply to an adapter (a static cluster is never created, so it
-cannot fail a creation) is named, with the reason, in its harness's ``NOT_APPLICABLE`` mapping
-(test function name -> reason): it is left out of the run, counted as deselected, and each
-reason is printed at the end. It is never skipped.
+Where adapters of a port promise different things, the suite is split, never skipped: every
+provisioner passes the tests of ``cluster_provisioner_harness`` (over ``PROVISIONERS``); those
+that create a cluster per project also pass those of ``creating_provisioner_harness`` (over
+``CREATING_PROVISIONERS``), which a static cluster has no creation to show.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tests.contract.harness import (
     T0,
     ClusterGatewayHarness,
     ClusterProvisionerHarness,
+    CreatingProvisionerHarness,
     DataSynchronizerHarness,
     FakeClusterGatewayHarness,
     FakeClusterProvisionerHarness,
@@ -77,9 +78,13 @@ CLUSTER_GATEWAYS = [
     pytest.param(SlurmClusterGatewayHarness, id="ssh-slurm", marks=pytest.mark.stack),
     pytest.param(ProcessClusterGatewayHarness, id="local-process"),
 ]
-PROVISIONERS = [
+# Those that create each project's cluster on request; then every provisioner.
+CREATING_PROVISIONERS = [
     pytest.param(FakeClusterProvisionerHarness, id="fake"),
     pytest.param(HttpClusterProvisionerHarness, id="provisioner-http"),
+]
+PROVISIONERS = [
+    *CREATING_PROVISIONERS,
     pytest.param(StaticClusterProvisionerHarness, id="local-static"),
 ]
 SECRET_STORES = [
@@ -124,44 +129,6 @@ EVENT_PUBLISHERS = [
 ]
 
 
-_NOT_APPLICABLE = pytest.StashKey[list[tuple[str, str]]]()
-
-
-@pytest.hookimpl(trylast=True)  # after -k and -m: only tests that would run are reported
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave out the tests a harness declares not applicable to its adapter (see above)."""
-    kept: list[pytest.Item] = []
-    left_out: list[pytest.Item] = []
-    reasons = config.stash.setdefault(_NOT_APPLICABLE, [])
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        name = getattr(item, "originalname", item.name)
-        why = next(
-            (
-                getattr(param, "NOT_APPLICABLE", {}).get(name)
-                for param in params.values()
-                if getattr(param, "NOT_APPLICABLE", {}).get(name)
-            ),
-            None,
-        )
-        if why is None:
-            kept.append(item)
-        else:
-            left_out.append(item)
-            reasons.append((item.nodeid, why))
-    if left_out:
-        config.hook.pytest_deselected(items=left_out)
-        items[:] = kept
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    reasons = config.stash.get(_NOT_APPLICABLE, [])
-    if reasons:
-        terminalreporter.section("not applicable (left out, never run)")
-        for nodeid, why in reasons:
-            terminalreporter.write_line(f"{nodeid}: {why}")
-
-
 def _harness(request: pytest.FixtureRequest) -> Iterator[Any]:
     # A harness class that names fixtures in ``FIXTURES`` (e.g. ``("moto",)``) gets them as
     # keyword arguments; every other harness is built with no arguments.
@@ -187,6 +154,13 @@ def cluster_gateway_harness(request: pytest.FixtureRequest) -> Iterator[ClusterG
 def cluster_provisioner_harness(
     request: pytest.FixtureRequest,
 ) -> Iterator[ClusterProvisionerHarness]:
+    yield from _harness(request)
+
+
+@pytest.fixture(params=CREATING_PROVISIONERS)
+def creating_provisioner_harness(
+    request: pytest.FixtureRequest,
+) -> Iterator[CreatingProvisionerHarness]:
     yield from _harness(request)
 
 

@@ -334,18 +334,25 @@ class FakeClusterGatewayHarness:
 
 
 class ClusterProvisionerHarness(Protocol):
+    """Any provisioner: one that creates a cluster per project, or one whose clusters exist."""
+
     provisioner: ClusterProvisioner
+
+    def let_creation_finish(self, project: ProjectRef) -> None:
+        """Let time pass until the creation in progress has ended (ready or failed); nothing to
+        wait for when the provisioner creates no cluster."""
+
+    def close(self) -> None: ...
+
+
+class CreatingProvisionerHarness(ClusterProvisionerHarness, Protocol):
+    """A provisioner that creates each project's cluster on request, and can fail to."""
 
     def creations(self) -> int:
         """How many cluster creations the provisioner has started, ever."""
 
     def fail_next_creation(self, project: ProjectRef, reason: str) -> None:
         """The next creation of this project's cluster ends in CREATE_FAILED with ``reason``."""
-
-    def let_creation_finish(self, project: ProjectRef) -> None:
-        """Let time pass until the creation in progress has ended (ready or failed)."""
-
-    def close(self) -> None: ...
 
 
 class FakeClusterProvisionerHarness:
@@ -637,7 +644,7 @@ class FakeTokenVerifierHarness:
 if TYPE_CHECKING:  # mypy proves each harness implements its port's harness protocol
     _run_repositories: list[Callable[[], RunRepositoryHarness]] = [FakeRunRepositoryHarness]
     _cluster_gateways: list[Callable[[], ClusterGatewayHarness]] = [FakeClusterGatewayHarness]
-    _provisioners: list[Callable[[], ClusterProvisionerHarness]] = [FakeClusterProvisionerHarness]
+    _provisioners: list[Callable[[], CreatingProvisionerHarness]] = [FakeClusterProvisionerHarness]
     _secret_stores: list[Callable[[], SecretStoreHarness]] = [FakeSecretStoreHarness]
     _orchestrators: list[Callable[[], InstanceOrchestratorHarness]] = [
         FakeInstanceOrchestratorHarness

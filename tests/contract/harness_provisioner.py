@@ -15,13 +15,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from obp_workflow.adapters.provisioner.description import ProvisionerSettings
 from obp_workflow.adapters.provisioner.http import HttpClusterProvisioner
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.ports.cluster import ClusterProvisioner
 from tests.provisioner_server import CREDENTIALS, REGION, Lifecycle, ProvisionerServer
+
+if TYPE_CHECKING:
+    from tests.contract.harness import CreatingProvisionerHarness
 
 NEXUS_BUCKET = "nexus-data-bucket"
 #: Quick to give up and to retry, so the fault tests stay short.
@@ -84,3 +88,7 @@ class HttpClusterProvisionerHarness:
     def close(self) -> None:
         self.http.close()
         self.server.stop()
+
+
+if TYPE_CHECKING:  # mypy proves the harness implements the harness protocol
+    _provisioners: list[Callable[[], CreatingProvisionerHarness]] = [HttpClusterProvisionerHarness]
