@@ -94,6 +94,9 @@ def _job_id(job_id: str) -> str:
 class SlurmClusterGateway(ClusterGateway):
     def __init__(self, pool: SshPool) -> None:
         self.pool = pool
+        #: The lines of each cluster's last poll, read: a waiting job prints the same line
+        #: every cycle, and is not read again (a poll of 1,000 jobs reads only what changed).
+        self._read_lines: dict[str, dict[str, JobObservation | None]] = {}
 
     # ---------------------------------------------------------------- submit
 
@@ -196,10 +199,14 @@ class SlurmClusterGateway(ClusterGateway):
             ["squeue", "--noheader", "--states=all", select, f"--Format={SQUEUE_FORMAT}"],
             missing_ok=True,
         )
+        before = self._read_lines.get(cluster.name, {})
+        read: dict[str, JobObservation | None] = {}
         for line in live.text().splitlines():
-            obs = parse_squeue_line(line)
+            obs = before[line] if line in before else parse_squeue_line(line)
+            read[line] = obs
             if obs is not None and obs.job_id in wanted:
                 seen[obs.job_id] = obs
+        self._read_lines[cluster.name] = read
         # Jobs the controller has forgotten (after MinJobAge) are known only to accounting.
         ask = [j for j in ids if j not in seen]
         missing = set(ask)

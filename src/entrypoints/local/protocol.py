@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from typing import Any, ClassVar
 
@@ -81,6 +82,11 @@ class ProblemH11Protocol(H11Protocol):
     # ------------------------------------------------------------ head deadline
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # h11 writes a response's head and body separately: without TCP_NODELAY the body
+        # waits for the client's delayed ACK of the head (40 ms on Linux) on every request.
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)  # type: ignore[arg-type]
         self._arm_head_timer()
 
