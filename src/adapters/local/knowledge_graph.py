@@ -45,6 +45,7 @@ from obp_workflow.adapters.nexus.provenance import (
     ids_of,
     user_iri,
 )
+from obp_workflow.adapters.sqlite.database import Database
 from obp_workflow.core.errors import Conflict, CorruptRecord, SyncIncomplete
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.run import RunHeader
@@ -56,7 +57,6 @@ from obp_workflow.ports.knowledge_graph import (
     RunProvenance,
 )
 
-from .database import Database
 from .file_area import FOLDER_MODE, FileArea
 from .object_store import FileObjectStore
 from .run_files import FILES_LAYOUT, FileRow, LocalRunFiles

@@ -27,11 +27,11 @@ from typing import IO
 
 from obp_workflow.adapters.nexus.files import NexusFile
 from obp_workflow.adapters.nexus.provenance import file_id, media_type_of
+from obp_workflow.adapters.sqlite.database import Database
 from obp_workflow.core.errors import Conflict, ServiceUnavailable, SyncIncomplete
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.run import RunHeader
 
-from .database import Database
 from .file_area import FileArea, Received, discard, sha256_of
 from .object_store import FileObjectStore
 

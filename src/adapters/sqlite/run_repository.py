@@ -21,9 +21,7 @@ import json
 import logging
 import os
 import sqlite3
-import threading
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Collection, Sequence
 
 from obp_workflow.core.cursors import decode_cursor, encode_cursor, filter_key, position
 from obp_workflow.core.errors import (
@@ -34,12 +32,13 @@ from obp_workflow.core.errors import (
     IdempotencyConflict,
     InvalidRequest,
     NotFound,
-    ServiceUnavailable,
 )
 from obp_workflow.core.identity import ProjectRef
 from obp_workflow.core.records import dumps, intact, loads_stored
 from obp_workflow.core.run import JobWatch, RunBrief, RunState, SimulationRun
 from obp_workflow.ports.runs import Page, RunRepository
+
+from .database import Database
 
 #: The layout of the file; a file written by a newer layout is refused, never misread.
 LAYOUT_VERSION = 1
@@ -111,19 +110,20 @@ class SqliteRunRepository(RunRepository):
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_seconds: float = 5.0) -> None:
         self.path = os.fspath(path)
-        self._busy_timeout = busy_timeout_seconds
-        self._pool: list[sqlite3.Connection] = []
-        self._pool_lock = threading.Lock()
-        self._pid = os.getpid()
-        self._closed = False
-        with self._write() as conn:
-            self._prepare(conn)
+        self._db = Database(
+            self.path,
+            _LAYOUT,
+            LAYOUT_VERSION,
+            what="run database",
+            busy_timeout_seconds=busy_timeout_seconds,
+            on_integrity=_integrity,
+        )
 
     # ---------------------------------------------------------------- the port
 
     def add(self, run: SimulationRun) -> None:
         row = _row(run)
-        with self._write() as conn:
+        with self._db.write() as conn:
             ident = (run.project.key, run.run_id)
             if conn.execute(_EXISTS, ident).fetchone():
                 raise Conflict(f"run {run.run_id} exists already")
@@ -133,7 +133,7 @@ class SqliteRunRepository(RunRepository):
             conn.execute(_INSERT, row)
 
     def get(self, project: ProjectRef, run_id: str) -> SimulationRun:
-        with self._read() as conn:
+        with self._db.read() as conn:
             found = conn.execute(_GET, (project.key, run_id)).fetchone()
         if found is None:
             raise NotFound(f"run {run_id} not found in project {project}")
@@ -142,7 +142,7 @@ class SqliteRunRepository(RunRepository):
     def save(self, run: SimulationRun, expected_version: int) -> None:
         row = _row(run)
         ident = (run.project.key, run.run_id)
-        with self._write() as conn:
+        with self._db.write() as conn:
             if conn.execute(_UPDATE, (*row, *ident, expected_version)).rowcount == 1:
                 return
             current = conn.execute(
@@ -156,7 +156,7 @@ class SqliteRunRepository(RunRepository):
         )
 
     def find_by_idempotency_key(self, project: ProjectRef, key: str) -> SimulationRun | None:
-        with self._read() as conn:
+        with self._db.read() as conn:
             found = conn.execute(_BY_KEY, (project.key, key)).fetchone()
         return None if found is None else _run(found[1], project, found[0])
 
@@ -176,7 +176,7 @@ class SqliteRunRepository(RunRepository):
             "states": json.dumps(filter_key(states)) if states else None,
             "limit": limit + 1,
         }
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(_LIST, query).fetchall()
         page = rows[:limit]
         runs = [_run(record, project, run_id) for run_id, _, record in page]
@@ -184,12 +184,12 @@ class SqliteRunRepository(RunRepository):
         return Page(runs, encode_cursor(project, states, page[-1][1]) if more else None)
 
     def list_active(self, project: ProjectRef | None = None) -> Sequence[RunBrief]:
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(_ACTIVE, {"project": project and project.key}).fetchall()
         return intact(rows, lambda row: _brief(*row), _skipped)
 
     def list_watched(self, project: ProjectRef | None = None) -> Sequence[JobWatch]:
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(_WATCHED, {"project": project and project.key}).fetchall()
         return [_watch(*row) for row in rows]
 
@@ -197,85 +197,7 @@ class SqliteRunRepository(RunRepository):
 
     def close(self) -> None:
         """Close the idle connections (one in use is closed when it comes back)."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, []
-            self._closed = True
-        for conn in pool:
-            conn.close()
-
-    # ---------------------------------------------------------------- connections
-
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout,
-            isolation_level=None,  # autocommit: transactions are opened explicitly
-            check_same_thread=False,  # the pool lends a connection to one thread at a time
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection of the pool, lent to this caller alone."""
-        with _translated(self.path):
-            with self._pool_lock:
-                if self._pid != os.getpid():
-                    # A forked child must not use its parent's connections: forget them.
-                    self._pool, self._pid = [], os.getpid()
-                conn = self._pool.pop() if self._pool else None
-            if conn is None:
-                conn = self._open()
-            reusable = False
-            try:
-                yield conn
-                reusable = True
-            except DomainError:
-                reusable = not conn.in_transaction
-                raise
-            finally:
-                with self._pool_lock:
-                    if reusable and not self._closed and self._pid == os.getpid():
-                        self._pool.append(conn)
-                    else:
-                        conn.close()
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A connection in autocommit: each statement reads one consistent snapshot."""
-        with self._connection() as conn:
-            yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A transaction that holds the write lock from its first statement."""
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        (layout,) = conn.execute("PRAGMA user_version").fetchone()
-        if layout > LAYOUT_VERSION:
-            raise ServiceUnavailable(
-                f"the run database {self.path} has layout {layout}; this service reads "
-                f"layout {LAYOUT_VERSION}: upgrade the service"
-            )
-        for statement in _LAYOUT.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+        self._db.close()
 
 
 # ==================================================================== rows
@@ -336,30 +258,11 @@ def _watch(key: object, run_id: object, job: object, raw: object, stale: object)
 # ==================================================================== errors
 
 
-@contextmanager
-def _translated(path: str) -> Iterator[None]:
-    """Let only domain errors out."""
-    try:
-        yield
-    except DomainError:
-        raise
-    except sqlite3.IntegrityError as exc:
-        # The checks inside the write transaction come first; this is the schema's backstop.
-        if "idempotency_key" in str(exc):
-            raise IdempotencyConflict("idempotency key already used in this project") from None
-        raise Conflict(f"the run database refused the write ({exc})") from None
-    except sqlite3.Error as exc:
-        name = getattr(exc, "sqlite_errorname", "") or ""
-        text = str(exc)
-        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "decode" in text:
-            raise CorruptRecord(f"the run database {path} is damaged: {text:.200}") from None
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
-            raise ServiceUnavailable(
-                f"the run database {path} is busy (locked by another writer); try again"
-            ) from None
-        raise ServiceUnavailable(
-            f"the run database {path} is not usable: {name or type(exc).__name__}: {text:.200}"
-        ) from None
+def _integrity(exc: sqlite3.IntegrityError) -> DomainError:
+    """The layout's backstop: the checks inside the write transaction come first."""
+    if "idempotency_key" in str(exc):
+        return IdempotencyConflict("idempotency key already used in this project")
+    return Conflict(f"the run database refused the write ({exc})")
 
 
 def _skipped(damage: CorruptRecord) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from obp_workflow.core.errors import CorruptRecord, DomainError, ServiceUnavailable
@@ -30,9 +30,11 @@ class Database:
         *,
         what: str,
         busy_timeout_seconds: float = 10.0,
+        on_integrity: Callable[[sqlite3.IntegrityError], DomainError] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.what = what
+        self._on_integrity = on_integrity
         self._busy_timeout = busy_timeout_seconds
         self._pool: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
@@ -127,10 +129,17 @@ class Database:
             yield
         except DomainError:
             raise
+        except sqlite3.IntegrityError as exc:
+            # The checks inside the write transaction come first; this is the layout's backstop.
+            if self._on_integrity is not None:
+                raise self._on_integrity(exc) from None
+            raise ServiceUnavailable(
+                f"the {self.what} {self.path} refused the write ({exc})"
+            ) from None
         except sqlite3.Error as exc:
             name = getattr(exc, "sqlite_errorname", "") or ""
             text = str(exc)
-            if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "decode" in text:
                 raise CorruptRecord(
                     f"the {self.what} {self.path} is damaged: {text:.200}"
                 ) from None
