@@ -149,15 +149,32 @@ def test_an_instance_gets_the_project_and_the_base_environment_and_a_private_log
         orchestrator.ensure(PROJECT)
         assert wait_for(orchestrator, lambda i: not i.live).stop_reason == "exited with status 0"
     lines = (folder(tmp_path) / LOG_FILE).read_text().splitlines()
-    env = {
-        "OBP_LOG_LEVEL": "DEBUG",
-        "OBP_VIRTUAL_LAB_ID": PROJECT.virtual_lab_id,
-        "OBP_PROJECT_ID": PROJECT.project_id,
-    }
-    assert sorted(lines) == sorted([json.dumps(env), "to stdout"] * 2)  # appended, both runs
+    assert lines.count("to stdout") == 2  # appended, both runs
+    seen = [json.loads(line) for line in lines if line != "to stdout"]
+    assert len(seen) == 2
+    ports = set()
+    for env in seen:
+        # each start has a luigid port of its own, free when it was picked
+        ports.add(int(env.pop("OBP_LUIGID_PORT")))
+        assert env == {
+            "OBP_LOG_LEVEL": "DEBUG",
+            "OBP_VIRTUAL_LAB_ID": PROJECT.virtual_lab_id,
+            "OBP_PROJECT_ID": PROJECT.project_id,
+        }
+    assert all(0 < port < 65536 for port in ports)
     assert stat.S_IMODE((folder(tmp_path) / LOG_FILE).stat().st_mode) == 0o600
     for level in (tmp_path / INSTANCES_FOLDER, folder(tmp_path).parent, folder(tmp_path)):
         assert stat.S_IMODE(level.stat().st_mode) == 0o700
+
+
+def test_a_luigid_port_asked_for_is_kept(
+    made: Callable[..., ProcessInstanceOrchestrator], tmp_path: Path
+) -> None:
+    show = [sys.executable, "-c", "import os, sys; print(os.environ['OBP_LUIGID_PORT'])"]
+    orchestrator = made(show, env={"PATH": os.environ["PATH"], "OBP_LUIGID_PORT": "8123"})
+    orchestrator.ensure(PROJECT)
+    wait_for(orchestrator, lambda i: not i.live)
+    assert (folder(tmp_path) / LOG_FILE).read_text().split() == ["8123"]
 
 
 def test_an_instance_that_fails_shows_its_exit_status(

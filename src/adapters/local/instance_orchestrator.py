@@ -27,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,6 +51,9 @@ INSTANCES_FOLDER = "instances"
 STATE_FILE = "instance.json"
 LOG_FILE = "worker.log"
 _POLL = 0.05
+
+
+log = logging.getLogger(__name__)
 
 
 class ProcessInstanceOrchestrator(InstanceOrchestrator):
@@ -119,23 +124,27 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
 
     def _start(self, project: ProjectRef) -> dict[str, Any]:
         folder = self._folder(project)
-        log = os.open(folder / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        environment = {
+            **self._environment,
+            "OBP_VIRTUAL_LAB_ID": project.virtual_lab_id,
+            "OBP_PROJECT_ID": project.project_id,
+        }
+        if environment.get("OBP_LUIGID_PORT", "0") == "0":
+            # Each project's worker runs its own luigid: a free port, said where it is seen.
+            environment["OBP_LUIGID_PORT"] = str(_free_port())
+        log_fd = os.open(folder / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             process = subprocess.Popen(  # noqa: S603  (an argv from the configuration, no shell)
                 self._command,
-                env={
-                    **self._environment,
-                    "OBP_VIRTUAL_LAB_ID": project.virtual_lab_id,
-                    "OBP_PROJECT_ID": project.project_id,
-                },
+                env=environment,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                stdout=log_fd,
+                stderr=log_fd,
                 cwd=folder,
                 start_new_session=True,
             )
         finally:
-            os.close(log)
+            os.close(log_fd)
         state: dict[str, Any] = {
             "instance_id": f"proc-{uuid.uuid4().hex[:12]}",
             "pid": process.pid,
@@ -144,8 +153,15 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
             "started_at": datetime.fromtimestamp(self._clock(), UTC).isoformat(),
             "stop_reason": None,
             "ended": None,
+            "luigid_port": int(environment["OBP_LUIGID_PORT"]),
         }
         self._write(project, state)
+        log.warning(
+            "worker of project %s started (pid %d); its luigid visualiser: http://127.0.0.1:%s",
+            project,
+            process.pid,
+            environment["OBP_LUIGID_PORT"],
+        )
         reaper = threading.Thread(
             target=self._reap,
             args=(project, state["instance_id"], process),
@@ -229,6 +245,13 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
 
 
 # ---------------------------------------------------------------------- processes
+
+
+def _free_port() -> int:
+    """A port free on loopback now (the worker's luigid binds it moments later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _process_start(pid: int) -> int | None:

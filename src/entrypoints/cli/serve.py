@@ -185,7 +185,7 @@ def _announce(settings: Settings, url: str, issuer: LocalTokenIssuer | None) -> 
             f"tokens: export OBP_TOKEN=$(obp-workflow token --issuer {issuer.issuer} "
             "--group /proj/<virtual-lab-id>/<project-id>/member)",
             f"then: export OBP_API_URL={url}; obp-workflow submit examples/lif-network.json",
-            "each project's worker runs its own luigid: its visualiser URL is in the line "
-            f"'luigid (visualiser) on' of {settings.home}/instances/<vlab>/<project>/worker.log",
+            "each project's worker runs its own luigid: its visualiser URL is printed here "
+            "when the worker starts",
         ]
     print("\n".join(lines), file=sys.stderr, flush=True)

@@ -172,7 +172,8 @@ def instance_orchestrator(settings: Settings) -> ProcessInstanceOrchestrator:
 
     environment = dict(os.environ)
     environment.update(OBP_ADAPTERS="local", OBP_HOME=str(home_of(settings)))
-    # One luigid per project's worker: each on a free port unless one is asked for.
+    # One luigid per project's worker: each on a free port (the orchestrator picks and logs
+    # it), unless one is asked for.
     environment.setdefault("OBP_LUIGID_PORT", "0")
     return ProcessInstanceOrchestrator(home_of(settings), environment)
 
