@@ -149,8 +149,10 @@ def unprivileged() -> AsUser:
             ["obp-workflow", "--help"], user.env(home), timeout=60, cwd=Path("/")
         )  # fmt: skip
     assert probe.returncode == 0, (
-        f"user {user.name} cannot start {VENV_BIN / 'obp-workflow'} (the repository and its "
-        f".venv must be readable by that user): {probe.stderr.strip()[-500:]}"
+        f"user {user.name} cannot start {VENV_BIN / 'obp-workflow'} (the repository, its .venv "
+        f"and the interpreter's {sys.base_prefix} must be readable by that user; a folder "
+        f"closed to others above them is shown through a mount namespace, which needs root): "
+        f"{probe.stderr.strip()[-500:]}"
     )
     return user
 

@@ -114,6 +114,8 @@ def test_a_restart_of_serve_while_the_job_runs_loses_nothing(user: AsUser) -> No
         assert all("worker" not in _cmdline(p) for p in _processes_of(running))
 
         running.serve(port)  # the same address: the issuer of the token is the same
+        resumed = f"worker of project {running.vlab}/{running.project}: RUNNING"
+        assert running.log.read_text().count(resumed) == 1, running.log.read_text()
         watched = running.cli("watch", run_id, timeout=120)
         assert watched.returncode == 0, watched.stderr + watched.stdout
         done = running.run(run_id)
