@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.local_service import Service, service
-from tests.local_user import REPO, AsUser, unprivileged
+from tests.local_user import REPO, AsUser, stop_everything_in, unprivileged
 from tests.stack import STACK_DIR, slurm, stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
@@ -92,3 +92,5 @@ def test_make_demo_slurm_runs_the_example_on_the_stack(tmp_path: Path) -> None:
     assert "cluster: ssh-slurm" in out
     assert "clusterName        ssh-slurm" in out
     assert re.search(r"summary\.json .*sha256:[0-9a-f]{64}", out), out
+    left = stop_everything_in(tmp_path)  # the demo stopped its workers as it ended
+    assert left == [], f"the demo left processes behind: {left}"
