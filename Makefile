@@ -8,10 +8,11 @@ STAMP  := $(VENV)/.installed
 # mypy checks the package by its import name; this link gives it `obp_workflow` -> src/.
 MYPYPATH_DIR := $(VENV)/mypy-path
 
-.PHONY: help install lint format test test-fast demo bench package stack-up stack-down stack-status clean
+.PHONY: help install lint format test test-fast demo demo-slurm bench package stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo    run one simulation end to end on in-memory adapters"
+	@echo "make demo-slurm   the same on the test stack's Slurm (make stack-up first), over SSH"
 	@echo "make test    install, lint (ruff, mypy --strict, import contracts), run all tests"
 	@echo "make lint    the static checks only"
 	@echo "make bench   run the benchmarks, write docs/benchmarks.md"
@@ -63,6 +64,15 @@ test-fast: install
 
 demo: install
 	$(BIN)/obp-workflow demo
+
+# The demo on the test stack's Slurm: the ssh-slurm cluster's settings read from its stack.env.
+STACK_ENV := $(or $(OBP_STACK_DIR),/var/tmp/obp-workflow-stack)/stack.env
+demo-slurm: install
+	@test -r $(STACK_ENV) || { echo "error: no $(STACK_ENV): start the test stack with make stack-up" >&2; exit 2; }
+	. $(STACK_ENV) && OBP_SLURM_HOST=$$OBP_STACK_SSH_HOST OBP_SLURM_PORT=$$OBP_STACK_SSH_PORT \
+	  OBP_SLURM_USER=$$OBP_STACK_SIM_USER OBP_SLURM_KEY_FILE=$$OBP_STACK_SIM_KEY \
+	  OBP_SLURM_HOST_KEY="$$OBP_STACK_SSH_HOST_KEY_TYPE $$OBP_STACK_SSH_HOST_KEY_BASE64" \
+	  $(BIN)/obp-workflow demo --cluster ssh-slurm
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -120,6 +120,14 @@ class ProcessInstanceOrchestrator(InstanceOrchestrator):
         if reaper is not None:
             reaper.join(5.0)  # its end is recorded when stop returns
 
+    def projects(self) -> list[ProjectRef]:
+        """Every project with an instance record here: a live worker, or a past one."""
+        found = []
+        for record in sorted(self._root.glob(f"*/*/{STATE_FILE}")):
+            with contextlib.suppress(ValueError):
+                found.append(ProjectRef.parse(record.parent.parent.name, record.parent.name))
+        return found
+
     # ------------------------------------------------------------------ starting
 
     def _start(self, project: ProjectRef) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def demo(cluster: str = "local", request: Path | None = None, home: Path | None 
     from obp_workflow.entrypoints.composition.logs import apply_log_level
     from obp_workflow.entrypoints.composition.settings import SettingsError, load_settings
 
+    from .errors import problem_lines
     from .main import main as command
     from .serve import start
 
@@ -55,13 +56,13 @@ def demo(cluster: str = "local", request: Path | None = None, home: Path | None 
     try:
         settings = load_settings()
     except SettingsError as exc:
-        print(exc, file=sys.stderr)
+        print(*problem_lines(exc), sep="\n", file=sys.stderr)
         return 2
     apply_log_level(settings.log_level)
     try:
         running = start(settings, port=0)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(*problem_lines(exc), sep="\n", file=sys.stderr)
         return 2
     try:
         assert running.issuer is not None

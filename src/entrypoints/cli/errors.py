@@ -19,3 +19,12 @@ class CommandError(Exception):
         self.message = " ".join(message.split())  # always one line
         self.code = code
         self.transient = transient
+
+
+def problem_lines(exc: Exception) -> list[str]:
+    """What a settings error says, one ``error: ...`` line per problem (a message made of a
+    heading ending with ':' and one indented line per problem is split into those lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    return [f"error: {line}" for line in lines] or [f"error: {type(exc).__name__}"]

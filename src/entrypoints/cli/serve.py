@@ -4,8 +4,8 @@ On the one-machine family (``OBP_ADAPTERS=local``, the default) it is the whole 
 API, the authorizer emulation, the local token issuer (its discovery document and keys served
 under ``/realms/obp``, verified by the production Keycloak verifier) and, through the process
 instance orchestrator, one worker process per project with work. At start it ensures a worker
-for every project with unfinished runs (a restart loses nothing); on exit it stops them (their
-jobs run on and are found again by the next worker).
+for every project with unfinished runs (a restart loses nothing); on exit it stops every live
+worker, idle or not (their jobs run on and are found again by the next worker).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from obp_workflow.core.identity import Principal, parse_groups
+
+from .errors import problem_lines
 
 if TYPE_CHECKING:
     from obp_workflow.adapters.local.token_issuer import LocalTokenIssuer
@@ -94,7 +96,7 @@ def serve(
         settings = load_settings()
         apply_log_level(settings.log_level)
     except SettingsError as exc:
-        print(exc, file=sys.stderr)
+        print(*problem_lines(exc), sep="\n", file=sys.stderr)
         return 2
     overrides: dict[str, object] = {}
     if dev_token:
@@ -113,7 +115,7 @@ def serve(
     try:
         running = start(settings, host, port, overrides, extra_routes)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(*problem_lines(exc), sep="\n", file=sys.stderr)
         return 2
     _announce(settings, running.url, running.issuer)
     try:
@@ -164,8 +166,13 @@ def _resume_workers(container: Service) -> None:
 
 
 def _stop_workers(container: Service) -> None:
+    """Stop every live worker of OBP_HOME: those with unfinished runs, and the idle ones."""
+    from obp_workflow.adapters.local.instance_orchestrator import ProcessInstanceOrchestrator
+
     orchestrator = container.instance_orchestrator()
     projects = {brief.project for brief in container.run_repository().list_active()}
+    if isinstance(orchestrator, ProcessInstanceOrchestrator):
+        projects.update(orchestrator.projects())
     stops = [
         threading.Thread(target=orchestrator.stop, args=(p, "serve stopped"), daemon=True)
         for p in projects

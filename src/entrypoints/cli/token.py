@@ -39,13 +39,14 @@ def register(sub: Subparsers) -> None:
 
 def _token(args: argparse.Namespace) -> int:
     from obp_workflow.adapters.local.token_issuer import mint_token
+    from obp_workflow.entrypoints.composition.local import home_folder
 
     home = args.home or os.environ.get("OBP_HOME")
     if not home:
         raise CommandError("give --home or set OBP_HOME", USAGE)
     try:
         minted = mint_token(
-            Path(home).expanduser(),
+            home_folder(Path(home).expanduser()),
             args.issuer or DEFAULT_ISSUER,
             args.group,
             username=args.username or getpass.getuser(),

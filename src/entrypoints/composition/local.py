@@ -56,8 +56,20 @@ DEFAULT_ADDRESS = ("127.0.0.1", 8080)
 
 def home_of(settings: Settings) -> Path:
     """OBP_HOME, created (mode 0700) on first use."""
-    home = settings.home
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return home_folder(settings.home)
+
+
+def home_folder(home: Path) -> Path:
+    """``home`` as OBP_HOME: a folder this user may write, created (mode 0700) when missing;
+    else ValueError, one line naming OBP_HOME."""
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"OBP_HOME={home} is not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"OBP_HOME={home} cannot be created: {exc.strerror}") from None
+    if not os.access(home, os.R_OK | os.W_OK | os.X_OK):
+        raise ValueError(f"OBP_HOME={home} is not a folder this user may write")
     return home
 
 
