@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -114,9 +115,14 @@ def run(args: argparse.Namespace, command: str) -> list[str]:
     psij_dir()
     for part in args.parts:
         print(f"compare: {part}", flush=True)
-        started = now()
+        started, load = now(), os.getloadavg()[0]
         data = measure(part, args)
-        parts[part] = {"at": f"{started}-{now()[11:]}", "command": command, "data": data}
+        parts[part] = {
+            "at": f"{started}-{now()[11:]}",
+            "command": command,
+            "load": [load, os.getloadavg()[0]],
+            "data": data,
+        }
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(saved, indent=1))
         check_quiet()

@@ -40,7 +40,14 @@ HOW = [
 
 
 def _head(part: dict[str, Any], title: str) -> list[str]:
-    return [f"### {title}", "", f"Measured {part['at']} UTC with `{part['command']}`.", ""]
+    load = part.get("load")
+    said = (
+        f" Load average (1 min): {load[0]:.2f} when it started, {load[1]:.2f} when it ended "
+        "(the machine's two cores are shared)."
+        if load
+        else ""
+    )
+    return [f"### {title}", "", f"Measured {part['at']} UTC with `{part['command']}`.{said}", ""]
 
 
 def latency(part: dict[str, Any]) -> list[str]:
