@@ -29,6 +29,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,14 @@ def ways(command: str, count: int, stagger: float, poll: float) -> dict[str, Bat
     return out
 
 
-def check_quiet() -> None:
-    """The benchmark needs the stack to itself: an empty queue and the partition up."""
+def check_quiet(wait: float = 0) -> None:
+    """The benchmark needs the stack to itself: an empty queue (after up to ``wait`` seconds:
+    the jobs of the part before end) and the partition up."""
+    deadline = time.monotonic() + wait
     queue = slurm("squeue", "-a", "-h", "-o", "%i").split()
+    while queue and time.monotonic() < deadline:
+        time.sleep(1)
+        queue = slurm("squeue", "-a", "-h", "-o", "%i").split()
     if queue:
         raise SystemExit(f"the stack is busy: {len(queue)} jobs in squeue -a; wait or scancel")
     partition = stack().partition
@@ -125,7 +131,7 @@ def run(args: argparse.Namespace, command: str) -> list[str]:
         }
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(saved, indent=1))
-        check_quiet()
+        check_quiet(wait=60)
     return compare_text.section(parts)
 
 

@@ -58,7 +58,7 @@ def max_job_count() -> int:
 
 def intake(count: int) -> dict[str, float]:
     """POST ``count`` runs back to back while the partition is down, until every run is QUEUED
-    (its job PENDING in Slurm); then the jobs are cancelled."""
+    (its job PENDING in Slurm); then the jobs are cancelled and the service stopped."""
     partition = stack().partition
     service = Service(DEFAULT_POLL)
     ids: list[str] = []
@@ -80,7 +80,6 @@ def intake(count: int) -> dict[str, float]:
         jobs = [str(service.run(r).job_id) for r in ids]
         for at in range(0, len(jobs), 500):
             slurm("scancel", *jobs[at : at + 500], check=False)
-        service.wait(ids, lambda r: r.terminal, 300)
         return result
     finally:
         slurm("scontrol", "update", f"PartitionName={partition}", "State=UP")
