@@ -16,6 +16,7 @@ SECTION = "## Side by side: this service, the previous generation's way, PSI/J, 
 NAMES = {
     "service": "this service (POST -> completion observed on the run)",
     "service_done": "this service (POST -> DONE)",
+    "service_queued": "this service (POST -> job submitted: QUEUED)",
     "legacy": "previous generation: `ssh` process + `sbatch --wait` per job",
     "psij": "PSI/J Slurm executor, default polling",
     "floor": "floor: `sbatch`, `squeue` every 0.1 s",
@@ -58,7 +59,9 @@ def _ratio(a: float, b: float) -> str:
 
 def latency_table(kind: str, batches: dict[str, Any]) -> list[str]:
     rows = {w: b["latencies"] for w, b in batches.items()}
-    rows = {"service": rows["service"], "service_done": batches["service"]["done"], **rows}
+    ours_b = batches["service"]
+    queued = {"service_queued": ours_b["queued"]} if ours_b.get("queued") else {}
+    rows = {**queued, "service": rows["service"], "service_done": ours_b["done"], **rows}
     ours, floor = _med(rows["service"]), _med(rows["floor"])
     count = len(rows["floor"])
     lines = [
@@ -69,7 +72,7 @@ def latency_table(kind: str, batches: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for way, values in rows.items():
-        batch = batches["service" if way == "service_done" else way]
+        batch = batches["service" if way.startswith("service") else way]
         lines.append(
             f"| {NAMES[way]} | {_med(values):.2f} | {_p95(values):.2f} | "
             f"{_med(values) - floor:+.2f} | {_ratio(_med(values), ours)} | "

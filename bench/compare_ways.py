@@ -47,6 +47,7 @@ class Batch:
     sessions_mean: float = 0.0
     rpcs: int = 0
     done: list[float] = field(default_factory=list)  # this service: POST -> DONE
+    queued: list[float] = field(default_factory=list)  # this service: POST -> job submitted
     notes: list[str] = field(default_factory=list)
 
 
@@ -167,6 +168,7 @@ def this_service(service: Service, command: str, count: int, stagger: float) -> 
             raise RuntimeError(f"run {run_id} ended {run.state.value}: {run.failure_reason}")
         batch.latencies.append((entered(run, RunState.SYNCING) - at).total_seconds())
         batch.done.append((entered(run, RunState.DONE) - at).total_seconds())
+        batch.queued.append((entered(run, RunState.QUEUED) - at).total_seconds())
     return batch
 
 
