@@ -57,7 +57,7 @@ class Batch:
 def established(port: int) -> int:
     """TCP connections established to ``port`` on this machine (the server's side)."""
     wanted = f":{port:04X}"
-    count = 0
+    seen: set[tuple[str, str]] = set()  # a read under churn may list a socket twice
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -66,8 +66,8 @@ def established(port: int) -> int:
         for line in lines:
             fields = line.split()
             if fields[1].endswith(wanted) and fields[3] == "01":
-                count += 1
-    return count
+                seen.add((fields[1], fields[2]))
+    return len(seen)
 
 
 class Sessions:
