@@ -103,7 +103,12 @@ def burst_table(batches: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"This service's runs reached DONE at {_med(done):.2f} s median, {_p95(done):.2f} s p95 "
-        "(registration included).",
+        "(registration included)"
+        + (
+            f"; of its {ours['cpu']:.2f} s of CPU, luigid used {ours['luigid_cpu']:.2f} s."
+            if "luigid_cpu" in ours
+            else "."
+        ),
         "",
         *notes(batches),
     ]

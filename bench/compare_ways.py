@@ -48,6 +48,7 @@ class Batch:
     rpcs: int = 0
     done: list[float] = field(default_factory=list)  # this service: POST -> DONE
     queued: list[float] = field(default_factory=list)  # this service: POST -> job submitted
+    luigid_cpu: float = 0.0  # this service: luigid's share of ``cpu``
     notes: list[str] = field(default_factory=list)
 
 
@@ -153,7 +154,7 @@ def service_cpu(service: Service) -> float:
 
 def this_service(service: Service, command: str, count: int, stagger: float) -> Batch:
     argv = shlex.split(command)
-    cpu, wall = service_cpu(service), time.perf_counter()
+    cpu, wall, luigid = service_cpu(service), time.perf_counter(), luigid_cpu(service)
     sent = service.pool.commands_sent()
     posted: list[tuple[str, datetime]] = []
     for _ in schedule(count, stagger):
@@ -162,6 +163,7 @@ def this_service(service: Service, command: str, count: int, stagger: float) -> 
     service.wait([r for r, _ in posted], lambda r: r.terminal, 900)
     batch = Batch([], time.perf_counter() - wall, 0.0, service.pool.commands_sent() - sent)
     batch.cpu = service_cpu(service) - cpu
+    batch.luigid_cpu = luigid_cpu(service) - luigid
     for run_id, at in posted:
         run = service.run(run_id)
         if run.state is not RunState.DONE:
