@@ -73,9 +73,11 @@ def latency_table(kind: str, batches: dict[str, Any]) -> list[str]:
     ]
     for way, values in rows.items():
         batch = batches["service" if way.startswith("service") else way]
+        partial = way == "service_queued"  # a step, not a whole job: no comparison
+        over = "-" if partial else f"{_med(values) - floor:+.2f}"
         lines.append(
             f"| {NAMES[way]} | {_med(values):.2f} | {_p95(values):.2f} | "
-            f"{_med(values) - floor:+.2f} | {_ratio(_med(values), ours)} | "
+            f"{over} | {'-' if partial else _ratio(_med(values), ours)} | "
             f"{batch['rpcs'] / count:.1f} | {batch['sessions_peak']} |"
         )
     return [*lines, "", *notes(batches)]
