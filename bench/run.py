@@ -9,6 +9,8 @@
 2. The cost of one monitor cycle with 100, 1,000 and 10,000 active runs whose jobs are held on
    the test cluster: scheduler commands issued, wall time, and the service's own CPU time.
 3. The worker (bench/worker.py): a trivial job's latency from the POST, and 1,000 runs waiting.
+4. Side by side (bench/compare.py): this service, the previous generation's way, PSI/J and the
+   floor with the same jobs; 1,000 runs through the API; 10,000 active runs over ten clusters.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tests.application import application  # noqa: E402
 from tests.contract.harness_slurm import stack_cluster  # noqa: E402
 from tests.stack import STACK_DIR, slurm, stack  # noqa: E402
 
-from bench import lambda_cold_start  # noqa: E402
+from bench import compare, lambda_cold_start  # noqa: E402
 from bench.worker import run_all as worker_section  # noqa: E402
 from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner  # noqa: E402
 from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher  # noqa: E402
@@ -314,6 +316,7 @@ def main() -> int:
     parser.add_argument("--worker-runs", type=int, default=20)
     parser.add_argument("--worker-waiting", type=int, default=1000)
     parser.add_argument("--worker-window", type=float, default=20.0)
+    parser.add_argument("--compare-jobs", type=int, default=20)
     args = parser.parse_args()
     command = "make bench"
     if sys.argv[1:]:
@@ -324,8 +327,10 @@ def main() -> int:
     mon = monitor_cost(args.sizes, args.cycles)
     print("the worker:")
     worker = worker_section(args.worker_runs, args.worker_waiting, args.worker_window)
+    print("side by side:")
+    side = compare.run(compare.parser().parse_args(["--jobs", str(args.compare_jobs)]), command)
     print("lambda handlers:")
-    write_report(command, lat, mon, args.cycles, [*worker, *lambda_section()])
+    write_report(command, lat, mon, args.cycles, [*worker, *side, *lambda_section()])
     return 0
 
 
