@@ -8,6 +8,7 @@ our shell. ``#SBATCH`` directives take only numbers and names that passed a stri
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,20 @@ def quote_word(word: str) -> str:
     or ``A=1`` is run as a program instead of being read as shell syntax.
     """
     return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
+def confined(run_folder: str, path: str) -> str:
+    """``run_folder/path``, refusing any path that would leave the folder (absolute, empty,
+    ``.`` or ``..`` segments, NUL), whichever cluster the folder is on."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or "\x00" in path
+    ):
+        raise InvalidRequest([FieldError("path", "must stay inside the run folder")])
+    return posixpath.join(run_folder, path)
 
 
 def check_run_id(run_id: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from obp_workflow.adapters.ssh.connection import Budget, load_private_key
-from obp_workflow.adapters.ssh.slurm import confined, parse_sacct_line, parse_squeue_line
+from obp_workflow.adapters.ssh.slurm import parse_sacct_line, parse_squeue_line
 from obp_workflow.core.cluster import SecretRef
 from obp_workflow.core.errors import ClusterAccessDenied, InvalidRequest
 from obp_workflow.core.jobs import (
@@ -15,6 +15,7 @@ from obp_workflow.core.jobs import (
     parse_accounting_line,
     parse_controller_record,
 )
+from obp_workflow.core.jobspec import confined
 
 EVERY_STATE = [s for s in JobState if s is not JobState.UNKNOWN]
 

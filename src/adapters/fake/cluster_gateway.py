@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from obp_workflow.core.cluster import ClusterHandle, KeyRole
-from obp_workflow.core.errors import ClusterUnreachable, FieldError, InvalidRequest, NotFound
+from obp_workflow.core.errors import ClusterUnreachable, NotFound
 from obp_workflow.core.jobs import JobAccounting, JobObservation, JobPhase, JobState
-from obp_workflow.core.jobspec import LOG_FILE, REQUEST_FILE, JobSpec
+from obp_workflow.core.jobspec import LOG_FILE, REQUEST_FILE, JobSpec, confined
 from obp_workflow.core.text import utf8_tail
 from obp_workflow.ports.cluster import ClusterGateway, OutputFile
 
@@ -236,14 +236,6 @@ class FakeClusterGateway(ClusterGateway):
             self.files[posixpath.join(job.run_folder, rel)] = body.ljust(self.output_size, b".")
         log = posixpath.join(job.run_folder, LOG_FILE)
         self.files[log] = self.files.get(log, b"") + f"job {job.job_id} done\n".encode()
-
-
-def confined(run_folder: str, path: str) -> str:
-    """``run_folder/path``, refusing any path that would leave the folder."""
-    parts = path.split("/")
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise InvalidRequest([FieldError("path", "must stay inside the run folder")])
-    return posixpath.join(run_folder, path)
 
 
 def _requested_nodes(spec: JobSpec) -> int:

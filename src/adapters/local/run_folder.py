@@ -14,25 +14,13 @@ import stat
 from collections.abc import Iterator, Mapping
 
 from obp_workflow.core.errors import FieldError, InvalidRequest, NotFound
+from obp_workflow.core.jobspec import confined
 from obp_workflow.core.text import utf8_tail
 from obp_workflow.ports.cluster import OutputFile
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9_.-][A-Za-z0-9_.@+=,-]*$")
 CHUNK = 1 << 20
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-
-
-def confined(run_folder: str, path: str) -> str:
-    """``run_folder/path``, refusing anything that would leave the folder."""
-    parts = path.split("/")
-    if (
-        not path
-        or path.startswith("/")
-        or any(p in ("", ".", "..") for p in parts)
-        or "\x00" in path
-    ):
-        raise InvalidRequest([FieldError("path", "must stay inside the run folder")])
-    return posixpath.join(run_folder, path)
 
 
 def open_folder(runs_root: str, folder: str, *, create: bool) -> int | None:

@@ -42,6 +42,9 @@ CLIENT_ID = "obp-workflow-local"
 AUDIENCE = "account"
 ALGORITHM = "RS256"
 KEY_FOLDER = "issuer"
+#: Where, below the issuer, Keycloak serves a realm's discovery document and its keys.
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+JWKS_PATH = "/protocol/openid-connect/certs"
 KEY_FILE = "signing-key.pem"
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600
 
@@ -56,7 +59,17 @@ def issuer_url(host: str, port: int, realm: str = DEFAULT_REALM) -> str:
     if not 0 < port < 65536:
         raise ValueError(f"invalid port {port}")
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"http://{shown}:{port}/realms/{realm}"
+    return f"http://{shown}:{port}{realm_path(realm)}"
+
+
+def realm_path(realm: str = DEFAULT_REALM) -> str:
+    """The URL path of a realm (its issuer's path), as Keycloak spells it."""
+    return f"/realms/{realm}"
+
+
+#: The issuer ``serve`` publishes at its default address: the one local tokens are for unless
+#: told otherwise.
+DEFAULT_ISSUER = issuer_url("127.0.0.1", 8080)
 
 
 class LocalTokenIssuer:
@@ -88,11 +101,11 @@ class LocalTokenIssuer:
 
     @property
     def discovery_url(self) -> str:
-        return f"{self.issuer}/.well-known/openid-configuration"
+        return self.issuer + DISCOVERY_PATH
 
     @property
     def jwks_url(self) -> str:
-        return f"{self.issuer}/protocol/openid-connect/certs"
+        return self.issuer + JWKS_PATH
 
     @property
     def discovery_path(self) -> str:

@@ -42,7 +42,7 @@ from obp_workflow.core.jobs import (
     parse_controller_record,
     parse_exit_code,
 )
-from obp_workflow.core.jobspec import LOG_FILE, JobSpec
+from obp_workflow.core.jobspec import LOG_FILE, JobSpec, confined
 from obp_workflow.core.run import TAG_PREFIX
 from obp_workflow.core.text import utf8_tail
 from obp_workflow.ports.cluster import ClusterGateway, OutputFile
@@ -64,19 +64,6 @@ SACCT_FIELDS = "JobID,State,ExitCode,JobName,Start,End,Elapsed"
 FIND_WINDOW = "now-60days"
 #: Above this many jobs, squeue is asked by user rather than by a list of ids.
 SQUEUE_IDS_AT_MOST = 50
-
-
-def confined(run_folder: str, path: str) -> str:
-    """``run_folder/path``, refusing anything that would leave the folder."""
-    parts = path.split("/")
-    if (
-        not path
-        or path.startswith("/")
-        or any(p in ("", ".", "..") for p in parts)
-        or "\x00" in path
-    ):
-        raise InvalidRequest([FieldError("path", "must stay inside the run folder")])
-    return posixpath.join(run_folder, path)
 
 
 def _folder(run_folder: str) -> str:

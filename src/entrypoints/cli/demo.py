@@ -19,8 +19,15 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from obp_workflow.entrypoints.composition.settings import Settings
+
+#: The command line's entry point, called in process (``main``).
+Command = Callable[[Sequence[str] | None], int]
 
 DEMO_VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
 DEMO_PROJECT = "0b7e2d41-5c3f-4e6a-9b8d-2a1c4f6e8d20"
@@ -92,14 +99,14 @@ def demo(cluster: str = "local", request: Path | None = None, home: Path | None 
         running.close()
 
 
-def _submit(command: object, where: Sequence[str], request: Path) -> str | None:
+def _submit(command: Command, where: Sequence[str], request: Path) -> str | None:
     """Submit through the command line, reading the run id it prints."""
     import contextlib
     import io
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = command(["submit", str(request), *where])  # type: ignore[operator]
+        code = command(["submit", str(request), *where])
     text = out.getvalue().strip()
     if code != 0 or not text:
         print(text, file=sys.stderr)
@@ -115,7 +122,7 @@ def _cluster_text(cluster: str) -> str:
     return "local: jobs are processes of this machine"
 
 
-def _run_folder(settings: object, run_id: str) -> str:
+def _run_folder(settings: Settings, run_id: str) -> str:
     from obp_workflow.entrypoints.composition.local import cluster_handle
 
-    return cluster_handle(settings).run_folder(run_id)  # type: ignore[arg-type]
+    return cluster_handle(settings).run_folder(run_id)

@@ -130,14 +130,11 @@ def serve(
 
 def _issuer_routes(issuer_box: list[LocalTokenIssuer]) -> ExtraRoutes:
     """The issuer's two documents, on Keycloak's paths; answered once the issuer is made."""
-    from obp_workflow.adapters.local.token_issuer import issuer_url
-    from obp_workflow.entrypoints.composition.local import LOCAL_REALM
+    from obp_workflow.adapters.local.token_issuer import DISCOVERY_PATH, JWKS_PATH, realm_path
 
-    sample = issuer_url("127.0.0.1", 1, LOCAL_REALM)
-    path = sample.split("127.0.0.1:1", 1)[1]
     return {
-        f"{path}/.well-known/openid-configuration": lambda: (200, issuer_box[0].discovery()),
-        f"{path}/protocol/openid-connect/certs": lambda: (200, issuer_box[0].jwks()),
+        realm_path() + DISCOVERY_PATH: lambda: (200, issuer_box[0].discovery()),
+        realm_path() + JWKS_PATH: lambda: (200, issuer_box[0].jwks()),
     }
 
 
@@ -146,11 +143,11 @@ def _local_issuer(settings: Settings, container: Service, host: str, port: int) 
     from dependency_injector import providers
 
     from obp_workflow.adapters.local.token_issuer import LocalTokenIssuer, issuer_url
-    from obp_workflow.entrypoints.composition.local import LOCAL_REALM, home_of, token_verifier
+    from obp_workflow.entrypoints.composition.local import home_of, token_verifier
 
     # Bound to every interface: the verifier reaches the issuer on loopback.
     shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
-    issuer = LocalTokenIssuer(home_of(settings), issuer_url(shown, port, LOCAL_REALM))
+    issuer = LocalTokenIssuer(home_of(settings), issuer_url(shown, port))
     if not settings.keycloak_issuer:
         served = settings.model_copy(update={"keycloak_issuer": issuer.issuer})
         container.token_verifier.override(providers.Object(token_verifier(served)))

@@ -19,8 +19,6 @@ from .errors import USAGE, CommandError
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-DEFAULT_ISSUER = "http://127.0.0.1:8080/realms/obp"
-
 
 def register(sub: Subparsers) -> None:
     token = sub.add_parser("token", help="print an access token of the local realm")
@@ -33,12 +31,14 @@ def register(sub: Subparsers) -> None:
     token.add_argument("--username", help="the caller's name (the current user's)")
     token.add_argument("--lifetime", type=float, default=3600, help="seconds (3600)")
     token.add_argument("--home", help="the folder holding the realm's key (OBP_HOME)")
-    token.add_argument("--issuer", help=f"the realm's URL, as served ({DEFAULT_ISSUER})")
+    token.add_argument(
+        "--issuer", help="the realm's URL, as served (default: serve's at its default address)"
+    )
     token.set_defaults(handler=_token)
 
 
 def _token(args: argparse.Namespace) -> int:
-    from obp_workflow.adapters.local.token_issuer import mint_token
+    from obp_workflow.adapters.local.token_issuer import DEFAULT_ISSUER, mint_token
     from obp_workflow.entrypoints.composition.local import home_folder
 
     home = args.home or os.environ.get("OBP_HOME")

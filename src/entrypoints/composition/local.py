@@ -48,10 +48,6 @@ if TYPE_CHECKING:
 SLURM_KEY_SECRET = "ssh-slurm-key"  # noqa: S105
 #: Where the local process cluster keeps its run folders, under OBP_HOME.
 CLUSTER_FOLDER = "cluster"
-#: The realm the local issuer serves (``serve`` publishes it).
-LOCAL_REALM = "obp"
-#: Where ``serve`` listens unless told otherwise: the issuer URL the verifier trusts by default.
-DEFAULT_ADDRESS = ("127.0.0.1", 8080)
 
 
 def home_of(settings: Settings) -> Path:
@@ -76,9 +72,9 @@ def home_folder(home: Path) -> Path:
 def local_issuer(settings: Settings) -> str:
     """The issuer the local tokens carry: the configured one, else where ``serve`` listens by
     default."""
-    from obp_workflow.adapters.local.token_issuer import issuer_url
+    from obp_workflow.adapters.local.token_issuer import DEFAULT_ISSUER
 
-    return settings.keycloak_issuer or issuer_url(*DEFAULT_ADDRESS, LOCAL_REALM)
+    return settings.keycloak_issuer or DEFAULT_ISSUER
 
 
 # ==================================================================== the cluster

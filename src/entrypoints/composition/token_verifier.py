@@ -112,11 +112,11 @@ def build_token_verifier(settings: TokenSettings | None = None) -> TokenVerifier
         )
     if settings.adapters == "local":
         from obp_workflow.adapters.keycloak.verifier import KeycloakSettings, KeycloakTokenVerifier
-        from obp_workflow.adapters.local.token_issuer import CLIENT_ID, issuer_url
+        from obp_workflow.adapters.local.token_issuer import CLIENT_ID, DEFAULT_ISSUER
 
         return KeycloakTokenVerifier(
             KeycloakSettings(
-                issuer=settings.keycloak_issuer or issuer_url("127.0.0.1", 8080),
+                issuer=settings.keycloak_issuer or DEFAULT_ISSUER,
                 audiences=settings.keycloak_audiences,
                 authorized_parties=settings.keycloak_authorized_parties or (CLIENT_ID,),
                 groups_source=settings.keycloak_groups_source,
