@@ -48,7 +48,7 @@ class Batch:
     rpcs: int = 0
     done: list[float] = field(default_factory=list)  # this service: POST -> DONE
     queued: list[float] = field(default_factory=list)  # this service: POST -> job submitted
-    luigid_cpu: float = 0.0  # this service: luigid's share of ``cpu``
+    luigid_cpu: float = 0.0  # this service: luigid's server thread's share of ``cpu``
     notes: list[str] = field(default_factory=list)
 
 
@@ -135,8 +135,8 @@ def schedule(count: int, stagger: float) -> Iterator[int]:
 
 
 def service_cpu(service: Service) -> float:
-    """CPU seconds of the service: the worker's threads and luigid; not the API gateway's
-    threads (a Lambda in production), nor the benchmark's main thread and sampler."""
+    """CPU seconds of the service: the worker's threads, luigid's among them; not the API
+    gateway's threads (a Lambda in production), nor the benchmark's main thread and sampler."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     skip = (GATEWAY_THREADS, SAMPLER, "MainThread")
     tick = os.sysconf("SC_CLK_TCK")
@@ -149,7 +149,7 @@ def service_cpu(service: Service) -> float:
         except FileNotFoundError:
             continue
         used += (int(fields[11]) + int(fields[12])) / tick
-    return used + luigid_cpu(service)
+    return used
 
 
 def this_service(service: Service, command: str, count: int, stagger: float) -> Batch:

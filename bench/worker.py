@@ -3,10 +3,10 @@
     .venv/bin/python bench/worker.py [--runs 20] [--waiting 1000]     (the stack must be up)
 
 The service as one process: the local gateway (real HTTP, the API handler) and the worker
-(a thread, with its own luigid) over in-memory runs, with the real Slurm of the test stack
-reached over SSH (``SlurmClusterGateway``). Jobs have no outputs, so the sync is a direct upload
-of nothing and registration goes to the in-memory graph: what is measured is the worker's own
-overhead on top of the scheduler.
+(a thread, its luigid in the same process) over in-memory runs, with the real Slurm of the
+test stack reached over SSH (``SlurmClusterGateway``). Jobs have no outputs, so the sync is a
+direct upload of nothing and registration goes to the local graph (SQLite): what is measured
+is the worker's own overhead on top of the scheduler.
 
 1. Latency, one run at a time: POST -> the job's completion observed on the run (its SYNCING
    event), and POST -> DONE; beside it the floor: ``sbatch`` on the head node then ``squeue``
@@ -216,9 +216,20 @@ def thread_cpu(skip_prefix: str) -> tuple[float, float]:
 
 
 def luigid_cpu(service: Service) -> float:
-    process = service.worker.luigid.process
-    assert process is not None
-    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU seconds of luigid's server thread (the visualiser, the RPC API, the prune); the
+    scheduler calls of the builds are counted with the build threads that make them."""
+    thread = service.worker.luigid.thread
+    if thread is None or thread.native_id is None:
+        return 0.0
+    return task_cpu(thread.native_id)
+
+
+def task_cpu(native_id: int) -> float:
+    try:
+        stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0  # the thread ended
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

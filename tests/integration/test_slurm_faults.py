@@ -33,10 +33,10 @@ from obp_workflow.adapters.fake.knowledge_graph import FakeKnowledgeGraph
 from obp_workflow.adapters.fake.object_store import FakeObjectStore
 from obp_workflow.adapters.fake.run_repository import FakeRunRepository
 from obp_workflow.adapters.fake.secret_store import FakeSecretStore
-from obp_workflow.adapters.ssh.connection import PoolSettings, SshPool
+from obp_workflow.adapters.ssh.connection import Endpoint, PoolSettings, SshPool
 from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway
 from obp_workflow.adapters.system.clock import SystemClock
-from obp_workflow.core.cluster import ClusterHandle
+from obp_workflow.core.cluster import ClusterHandle, KeyRole
 from obp_workflow.core.errors import ClusterAccessDenied, HostKeyRejected
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.jobspec import build_job_spec
@@ -303,4 +303,18 @@ def test_a_burst_of_200_submissions_opens_one_connection() -> None:
         assert all(obs.state.value == "PENDING" for obs in seen.values())
     finally:
         slurm("scancel", "--user=" + stack().user("sim"), "--state=PENDING", check=False)
+        pool.close()
+
+
+def test_the_connection_to_openssh_negotiates_aes_gcm() -> None:
+    """AES-GCM's tag is checked in OpenSSL; paramiko checks an HMAC in Python (20% of a
+    command's CPU here): the pool offers it first, and OpenSSH takes it."""
+    handle, secrets = stack_cluster()
+    pool = SshPool(secrets, TEST_POOL)
+    try:
+        endpoint = Endpoint.of(handle, KeyRole.USER)
+        assert pool.run(endpoint, ["true"]).ok
+        transport = pool.connection(endpoint).transport
+        assert transport.local_cipher == transport.remote_cipher == "aes128-gcm@openssh.com"
+    finally:
         pool.close()

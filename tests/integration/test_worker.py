@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+import httpx
 import pytest
 
 from obp_workflow.adapters.fake.clock import FakeClock
@@ -135,6 +136,28 @@ def test_the_worker_drives_a_new_run_to_done_through_luigi(world: World) -> None
     ]
     assert worker.dispatcher.builds >= 3  # the steps ran in Luigi builds, not in the loop
     assert world.cluster.submitted_tags.count(run.header.tag) == 1
+
+
+def test_luigids_visualiser_shows_each_step_of_the_run_over_http(world: World) -> None:
+    """The builds talk to the scheduler in the process; luigid's server shows the same
+    scheduler over HTTP (its RPC API, which the visualiser's pages read)."""
+    with running(world.worker()) as worker:
+        run = world.submit()
+        world.wait_for(run.run_id, lambda r: r.terminal)
+        answer = httpx.get(
+            f"{worker.luigid.url}/api/task_list", params={"data": json.dumps({"status": "DONE"})}
+        )
+        page = httpx.get(f"{worker.luigid.url}/static/visualiser/index.html")
+
+    assert answer.status_code == 200
+    steps = {
+        task["name"]
+        for task in answer.json()["response"].values()
+        if task["params"].get("run_id") == run.run_id
+    }
+    assert {"Provision", "Submit", "Sync", "Register", "RunPipeline"} <= steps
+    assert page.status_code == 200
+    assert "Luigi" in page.text
 
 
 @pytest.mark.parametrize("lustre", [True, False], ids=["lustre-hsm", "direct-upload"])

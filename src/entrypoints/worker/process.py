@@ -5,7 +5,7 @@ at again (a job already submitted is found by its tag, never submitted twice). T
 ``poll`` seconds:
 
 - the batched monitor asks each cluster once about every watched job; the runs that changed
-  are built (``dispatcher.py``: short ``luigi.build`` calls, one in flight per run);
+  are built (``dispatcher.py``: short Luigi builds, ``builds.py``, one in flight per run);
 - the project's unfinished runs are listed, light (``RunBrief``): a run a step can move that
   was not built in that state yet (a new run, a cancel) is built;
 - runs waiting for their cluster are moved by asking the provisioner, every
@@ -25,12 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import luigi
-import luigi.configuration
 
 from obp_workflow.application.pipeline import Pipeline
 from obp_workflow.core.errors import DomainError
@@ -40,7 +36,7 @@ from obp_workflow.entrypoints.composition.logs import log_context
 from obp_workflow.ports.instances import InstanceOrchestrator
 from obp_workflow.ports.runs import RunRepository
 
-from . import tasks
+from . import builds, tasks
 from .dispatcher import Dispatcher
 from .luigid import Luigid
 
@@ -83,6 +79,7 @@ class Worker:
         self.clock = clock
         self.stopping = threading.Event()
         self.luigid = Luigid(config.luigid_port)
+        self.builds = builds.Builds(self.luigid.scheduler)
         self.dispatcher = Dispatcher(self._build, config.threads)
         self.retired = False
         self._built: set[tuple[str, RunState]] = set()
@@ -102,7 +99,7 @@ class Worker:
 
     def _run(self) -> int:
         tasks.install(tasks.Runtime(self.pipeline, self.run_repository))
-        _configure_luigi()
+        builds.quiet_expected_noise()
         self.luigid.start()
         log.info(
             "worker of project %s started; luigid (visualiser) on %s",
@@ -121,6 +118,7 @@ class Worker:
                 self.stopping.wait(max(0.0, self.config.poll - (self.clock() - started)))
         finally:
             self.dispatcher.shutdown()
+            self.builds.close()
             self.luigid.stop()
             log.info("worker of project %s stopped", self.project)
         return 0
@@ -210,21 +208,12 @@ class Worker:
             if not before.movable:
                 break
             with log_context(project=project, run_id=run_id, state=before.state.value):
-                self._luigi_build(project, run_id)
+                self.builds.build(project, run_id)
             after = self.run_repository.get(project, run_id).brief()
             if after == before:
                 break
             before = after
         self._built_without_progress(before, moved=before != first)
-
-    def _luigi_build(self, project: ProjectRef, run_id: str) -> None:
-        luigi.build(
-            [tasks.RunPipeline.of(project, run_id)],
-            scheduler_host="127.0.0.1",
-            scheduler_port=self.luigid.port,
-            workers=1,
-            detailed_summary=True,
-        )
 
     # ---------------------------------------------------------------- idle
 
@@ -245,48 +234,3 @@ class Worker:
         except DomainError as exc:
             log.warning("retiring: %s", exc.message)
         self.retired = True
-
-
-class _ExpectedLuigiNoise(logging.Filter):
-    """What Luigi says of every build of a run that waits: its external tasks are not complete
-    yet, and a step that did not move its run left its dependants unfulfilled. The run's state
-    says what happened; these lines say nothing more."""
-
-    EXPECTED = ("does not exist (yet?)", "Unfulfilled dependency at run time", "Unfulfilled dep")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(expected in message for expected in self.EXPECTED)
-
-
-def _configure_luigi() -> None:
-    """Luigi's client settings for short builds from threads (``docs/architecture.md``)."""
-    noise = _ExpectedLuigiNoise()
-    for name in ("luigi-interface", "luigi"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _ExpectedLuigiNoise) for f in logger.filters):
-            logger.addFilter(noise)
-    # luigi reads the two rpc settings itself, outside its [core] parameters: it warns.
-    warnings.filterwarnings("ignore", message=".*rpc_retry_.*not consumed", module="luigi")
-    config = luigi.configuration.get_config()
-    settings = {
-        "core": {
-            "no_configure_logging": "true",  # the service's own logging stays as it is
-            "rpc_retry_attempts": "2",  # luigid down: a build fails in seconds, not a minute
-            "rpc_retry_wait": "1",
-        },
-        "worker": {
-            "no_install_shutdown_handler": "true",  # luigi.build from a thread
-            # A step that could not move its run leaves the pipeline's goal with a dependency
-            # not complete: nothing to raise about, the run's state says what happened.
-            "check_unfulfilled_deps": "false",
-            "keep_alive": "false",
-            "retry_external_tasks": "false",
-            "ping_interval": "5",
-        },
-    }
-    for section, options in settings.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        for option, value in options.items():
-            config.set(section, option, value)

@@ -14,6 +14,8 @@ when it is being cancelled (FinishCancel takes over).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -63,6 +65,24 @@ def runtime() -> Runtime:
     return _runtime[0]
 
 
+_PARAMS: dict[type[luigi.Task], tuple[tuple[str, luigi.Parameter], ...]] = {}
+
+#: The runs read by the build in this thread, until one of its steps runs.
+_read = threading.local()
+
+
+@contextmanager
+def one_read_per_step() -> Iterator[None]:
+    """Within a build, every task's ``complete()`` looks at one reading of the run, taken
+    again after each step that ran: scheduling a build asks every task of the pipeline at once,
+    and each would otherwise read the run (a DynamoDB read each, in production)."""
+    _read.runs = {}
+    try:
+        yield
+    finally:
+        del _read.runs
+
+
 class OfRun(luigi.Task):
     """The parameters that name a run, and its persisted state."""
 
@@ -74,6 +94,26 @@ class OfRun(luigi.Task):
     def project(self) -> ProjectRef:
         return ProjectRef(self.virtual_lab_id, self.project_id)
 
+    @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
+        """Luigi looks a task's parameters up in ``dir(cls)`` on every call, dozens of times
+        per build; a run's tasks never gain a parameter once their class is made."""
+        params = _PARAMS.get(cls)
+        if params is None:
+            params = _PARAMS[cls] = tuple(super().get_params())
+        return list(params)
+
+    def of_this_run(self, *kinds: type[OfRun]) -> list[luigi.Task]:
+        """The tasks ``kinds`` of this run, made once: Luigi asks for a task's requirements
+        several times per build, and making a task (its parameters checked, its instance
+        looked up) costs more than the rest of the build."""
+        made: dict[tuple[type[OfRun], ...], list[luigi.Task]] = self.__dict__.setdefault(
+            "_made", {}
+        )
+        if kinds not in made:
+            made[kinds] = [kind(**self.ids()) for kind in kinds]
+        return made[kinds]
+
     def ids(self) -> dict[str, str]:
         return {
             "virtual_lab_id": self.virtual_lab_id,
@@ -82,7 +122,19 @@ class OfRun(luigi.Task):
         }
 
     def current(self) -> SimulationRun:
-        return runtime().run_repository.get(self.project, self.run_id)
+        runs: dict[tuple[ProjectRef, str], SimulationRun] | None = getattr(_read, "runs", None)
+        if runs is None:
+            return runtime().run_repository.get(self.project, self.run_id)
+        key = (self.project, self.run_id)
+        if key not in runs:
+            runs[key] = runtime().run_repository.get(self.project, self.run_id)
+        return runs[key]
+
+    def forget(self) -> None:
+        """The run changed (a step ran): the next ``complete()`` reads it again."""
+        runs = getattr(_read, "runs", None)
+        if runs is not None:
+            runs.pop((self.project, self.run_id), None)
 
 
 class Step(OfRun):
@@ -95,7 +147,10 @@ class Step(OfRun):
 
     def run(self) -> None:
         with log_context(step=type(self).__name__):
-            runtime().pipeline.advance(self.project, self.run_id)
+            try:
+                runtime().pipeline.advance(self.project, self.run_id)
+            finally:
+                self.forget()
 
 
 class Wait(OfRun):
@@ -128,7 +183,7 @@ class Submit(Step):
     UP_TO = S.SUBMITTING
 
     def requires(self) -> list[luigi.Task]:
-        return [Provision(**self.ids()), AwaitCluster(**self.ids())]
+        return self.of_this_run(Provision, AwaitCluster)
 
 
 class AwaitJob(Wait):
@@ -144,7 +199,7 @@ class Sync(Step):
     UP_TO = S.SYNCING
 
     def requires(self) -> list[luigi.Task]:
-        return [Submit(**self.ids()), AwaitJob(**self.ids())]
+        return self.of_this_run(Submit, AwaitJob)
 
     def complete(self) -> bool:
         run = self.current()
@@ -164,7 +219,7 @@ class Register(Step):
     UP_TO = S.REGISTERING
 
     def requires(self) -> list[luigi.Task]:
-        return [Sync(**self.ids()), AwaitSync(**self.ids())]
+        return self.of_this_run(Sync, AwaitSync)
 
 
 class FinishCancel(Step):
@@ -186,8 +241,8 @@ class RunPipeline(OfRun):
 
     def requires(self) -> luigi.Task:
         if self.current().state is S.CANCELLING:
-            return FinishCancel(**self.ids())
-        return Register(**self.ids())
+            return self.of_this_run(FinishCancel)[0]
+        return self.of_this_run(Register)[0]
 
     def complete(self) -> bool:
         return self.current().terminal
