@@ -107,7 +107,8 @@ def burst_table(batches: dict[str, Any]) -> list[str]:
         f"This service's runs reached DONE at {_med(done):.2f} s median, {_p95(done):.2f} s p95 "
         "(registration included)"
         + (
-            f"; of its {ours['cpu']:.2f} s of CPU, luigid used {ours['luigid_cpu']:.2f} s."
+            f"; of its {ours['cpu']:.2f} s of CPU, luigid's server thread used "
+            f"{ours['luigid_cpu']:.2f} s (the builds' scheduler calls are in the build threads)."
             if "luigid_cpu" in ours
             else "."
         ),

@@ -12,12 +12,13 @@ HOW = [
     "from one run of that part, whose date and command head it. The ways:",
     "",
     "- **this service**: the local gateway (real HTTP, the API handler) and the worker (a "
-    "thread with its own luigid) in one process (`bench/worker.py`'s `Service`), in-memory runs, "
-    "the stack's Slurm over one pooled SSH connection (`SlurmClusterGateway`); jobs without "
-    "outputs (a direct upload of nothing), registration in the in-memory graph. Its latency is "
-    "from the POST to the job's completion observed on the run (the SYNCING event), and to "
-    "DONE. Its CPU: the worker's threads and luigid, not the gateway's threads (a Lambda in "
-    "production);",
+    "thread, with luigid's scheduler and server in its process) in one process "
+    "(`bench/worker.py`'s `Service`), in-memory runs, the stack's Slurm over one pooled SSH "
+    "connection (`SlurmClusterGateway`); jobs without outputs (a direct upload of nothing), "
+    "registration in the local graph (SQLite). Its latency is from the POST to the job's "
+    "completion observed on the run (the SYNCING event), and to DONE. Its CPU: every thread of "
+    "the worker (its builds, monitor, SSH transport and luigid's server), not the gateway's "
+    "threads (a Lambda in production);",
     "- **previous generation**: per job a new OpenSSH client process "
     "(`ssh -i key -p 2222 -o UserKnownHostsFile=...`) running `sbatch --wait`, so one SSH "
     "session is held per job until it ends; latency until the `ssh` process exits; CPU of the "

@@ -12,10 +12,11 @@ is the worker's own overhead on top of the scheduler.
    event), and POST -> DONE; beside it the floor: ``sbatch`` on the head node then ``squeue``
    every 0.1 s until the job has left the queue.
 2. Waiting: ``--waiting`` runs submitted at once while the partition is down (their jobs stay
-   PENDING): intake time (POST of all -> all QUEUED), then over a quiet window the worker's and
-   luigid's CPU, scheduler commands per poll and repository reads per poll; then the partition
-   comes up, every job completes, and each completion's delay to the run's next step is taken
-   from the accounting record (End, to the second) and the run's SYNCING event.
+   PENDING): intake time (POST of all -> all QUEUED), then over a quiet window the worker's
+   CPU (luigid's server thread apart too), scheduler commands per poll and repository reads per
+   poll; then the partition comes up, every job completes, and each completion's delay to the
+   run's next step is taken from the accounting record (End, to the second) and the run's
+   SYNCING event.
 """
 
 from __future__ import annotations
@@ -312,8 +313,9 @@ def section(lat: dict[str, list[float]], wait: dict[str, float], window: float) 
         f"in Slurm: {wait['intake']:.1f} s (API p50 {wait['api_p50'] * 1000:.1f} ms, "
         f"p99 {wait['api_p99'] * 1000:.1f} ms);",
         f"- between events, over {window:.0f} s: the worker's CPU "
-        f"{wait['worker_cpu'] * 100:.2f}% of a core, luigid's {wait['luigid_cpu'] * 100:.2f}% "
-        f"(target: under 1%; the whole bench process, the idle API gateway included, "
+        f"{wait['worker_cpu'] * 100:.2f}% of a core, luigid's server thread among it "
+        f"{wait['luigid_cpu'] * 100:.2f}% (target: under 1%; the whole bench process, the idle "
+        "API gateway included, "
         f"{wait['cpu'] * 100:.2f}%); "
         f"{wait['commands_per_poll']:.2f} scheduler commands and {wait['gets_per_poll']:.2f} "
         f"whole-run reads per poll ({int(wait['polls'])} polls; one light listing each);",

@@ -288,6 +288,23 @@ def test_sigterm_stops_the_worker_process_and_its_luigid_with_status_0() -> None
             process.kill()
 
 
+def test_a_worker_whose_luigid_port_is_taken_says_so_in_one_line_and_exits_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = worker_process(OBP_LUIGID_PORT=str(port))
+        try:
+            assert process.wait(30) == 1
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.stderr is not None
+        said = process.stderr.read()
+    assert f"luigid cannot listen on 127.0.0.1:{port}" in said
+    assert "Traceback" not in said
+
+
 def test_the_worker_process_exits_by_itself_when_idle() -> None:
     process = worker_process(OBP_WORKER_IDLE_MINUTES="0.005")
     try:
@@ -352,7 +369,7 @@ def test_a_step_that_could_not_move_its_run_is_tried_again_soon_not_at_the_next_
     assert world.cluster.faults.calls["accounting"] >= 6
 
 
-def test_a_killed_worker_process_leaves_no_luigid_behind() -> None:
+def test_a_killed_worker_process_leaves_nothing_listening_on_luigids_port() -> None:
     process = worker_process(OBP_WORKER_IDLE_MINUTES="0", OBP_LOG_LEVEL="INFO")
     try:
         line = json.loads(_wait_for_line(process, "luigid (visualiser) on "))
@@ -363,7 +380,7 @@ def test_a_killed_worker_process_leaves_no_luigid_behind() -> None:
         deadline = time.monotonic() + 10
         while _listening(port) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _listening(port)  # luigid got its parent-death signal
+        assert not _listening(port)  # luigid's server lived in the process, and went with it
     finally:
         if process.poll() is None:
             process.kill()

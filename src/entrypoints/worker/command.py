@@ -7,6 +7,7 @@ drives the project's runs until SIGTERM or idle (``process.py``).
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -18,7 +19,10 @@ from obp_workflow.entrypoints.composition.logs import configure_processes
 from obp_workflow.entrypoints.composition.root import build
 from obp_workflow.entrypoints.composition.settings import Settings, SettingsError, load_settings
 
+from .luigid import LuigidFailed
 from .process import Worker, WorkerConfig
+
+log = logging.getLogger("obp_workflow.worker")
 
 
 def config_from(settings: Settings) -> WorkerConfig:
@@ -69,4 +73,8 @@ def main() -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-    return worker.run()
+    try:
+        return worker.run()
+    except LuigidFailed as exc:
+        log.error("the worker cannot start: %s", exc)
+        return 1
