@@ -38,6 +38,7 @@ from obp_workflow.core.request import SimulationRequest
 from obp_workflow.core.run import RunState, SimulationRun
 from obp_workflow.entrypoints.composition.root import Service, build
 from obp_workflow.entrypoints.composition.settings import load_settings
+from obp_workflow.entrypoints.worker import tasks
 from obp_workflow.entrypoints.worker.process import Worker, WorkerConfig
 
 VLAB = "6f1c3a52-9d4e-4b8a-a1f0-3c2d5e7f9a10"
@@ -158,6 +159,20 @@ def test_luigids_visualiser_shows_each_step_of_the_run_over_http(world: World) -
     assert {"Provision", "Submit", "Sync", "Register", "RunPipeline"} <= steps
     assert page.status_code == 200
     assert "Luigi" in page.text
+
+
+def test_a_sweep_lets_go_of_the_luigi_tasks_of_runs_built_before(world: World) -> None:
+    """Luigi keeps every task it makes: a worker living for days would keep every run it
+    ever built, unless its sweep lets them go."""
+    with running(world.worker(replace(FAST, sweep=0.3))):
+        run = world.submit()
+        world.wait_for(run.run_id, lambda r: r.terminal)
+        made = tasks.RunPipeline.of(PROJECT, run.run_id)
+        assert tasks.RunPipeline.of(PROJECT, run.run_id) is made  # Luigi's cache, within a sweep
+        deadline = time.monotonic() + 10
+        while tasks.RunPipeline.of(PROJECT, run.run_id) is made:
+            assert time.monotonic() < deadline, "no sweep let the run's tasks go"
+            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("lustre", [True, False], ids=["lustre-hsm", "direct-upload"])

@@ -148,6 +148,7 @@ class Worker:
         if sweep:
             self._last_sweep = now
             self._built.clear()
+            tasks.forget_made_tasks()
         if poll_provisioning:
             self._last_provisioning_poll = now
         for brief in briefs:

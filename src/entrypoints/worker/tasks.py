@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import luigi
+import luigi.task_register
 
 from obp_workflow.application.pipeline import Pipeline
 from obp_workflow.core.identity import ProjectRef
@@ -66,6 +67,14 @@ def runtime() -> Runtime:
 
 
 _PARAMS: dict[type[luigi.Task], tuple[tuple[str, luigi.Parameter], ...]] = {}
+
+
+def forget_made_tasks() -> None:
+    """Let go of every task made so far: Luigi keeps each task it makes (its instance cache,
+    which ``of_this_run`` relies on within a run's builds), so a worker that lives for days
+    would keep every run it ever built. The next build of a run makes its tasks again."""
+    luigi.task_register.Register.clear_instance_cache()
+
 
 #: The runs read by the build in this thread, until one of its steps runs.
 _read = threading.local()
