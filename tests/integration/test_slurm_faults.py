@@ -37,7 +37,7 @@ from obp_workflow.adapters.ssh.connection import Endpoint, PoolSettings, SshPool
 from obp_workflow.adapters.ssh.slurm import SlurmClusterGateway
 from obp_workflow.adapters.system.clock import SystemClock
 from obp_workflow.core.cluster import ClusterHandle, KeyRole
-from obp_workflow.core.errors import ClusterAccessDenied, HostKeyRejected
+from obp_workflow.core.errors import ClusterAccessDenied, ClusterUnreachable, HostKeyRejected
 from obp_workflow.core.identity import Principal, ProjectRef, parse_groups
 from obp_workflow.core.jobspec import build_job_spec
 from obp_workflow.core.request import SimulationRequest
@@ -316,5 +316,28 @@ def test_the_connection_to_openssh_negotiates_aes_gcm() -> None:
         assert pool.run(endpoint, ["true"]).ok
         transport = pool.connection(endpoint).transport
         assert transport.local_cipher == transport.remote_cipher == "aes128-gcm@openssh.com"
+    finally:
+        pool.close()
+
+
+def test_a_run_folder_that_cannot_be_made_submits_nothing_and_says_why() -> None:
+    """The files and sbatch go in one command: sbatch runs only once every file is written."""
+    handle, secrets = stack_cluster()
+    pool = SshPool(secrets, TEST_POOL)
+    gateway = SlurmClusterGateway(pool)
+    request = SimulationRequest.parse({"command": ["true"]})
+    header = RunHeader(
+        f"nofolder{time.time_ns() % 10**9:09d}",
+        PROJECT,
+        Requester("s", "ada"),
+        request,
+        datetime.now(UTC),
+    )
+    spec = dataclasses.replace(build_job_spec(header, handle), run_folder="/proc/obp-denied/run")
+    try:
+        with pytest.raises(ClusterUnreachable, match="cannot write the job files") as raised:
+            gateway.submit(handle, spec)
+        assert "obp-denied" in str(raised.value)  # the shell's own words on what failed
+        assert gateway.find_by_tag(handle, header.tag) is None
     finally:
         pool.close()

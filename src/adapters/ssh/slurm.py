@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import io
-import posixpath
 import re
 import stat
+import tarfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -66,6 +66,31 @@ FIND_WINDOW = "now-60days"
 SQUEUE_IDS_AT_MOST = 50
 
 
+#: Stages a job and submits it: ``$1`` is the run folder, the rest is sbatch's arguments, the
+#: files a tar archive on standard input. A fixed program: every value reaches it as an argument.
+STAGE_AND_SUBMIT = (
+    'folder=$1; shift; mkdir -p -- "$folder" && tar -x -f - -C "$folder" --no-same-owner'
+    ' --no-same-permissions || exit 97; exec sbatch "$@"'
+)
+#: STAGE_AND_SUBMIT's exit status when the files could not be written (sbatch never ran).
+STAGING_FAILED = 97
+
+
+def _archive(files: Mapping[str, str]) -> bytes:
+    """The job's files as an uncompressed tar archive of plain files, names checked."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in files.items():
+            if not _FILE_NAME.fullmatch(name) or name in (".", ".."):
+                raise InvalidRequest([FieldError("file", f"{name!r} is not a plain file name")])
+            data = content.encode()
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            member.mode = 0o644
+            archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 def _folder(run_folder: str) -> str:
     if not SAFE_PATH.fullmatch(run_folder) or ".." in run_folder.split("/"):
         raise InvalidRequest([FieldError("run_folder", "must be an absolute path of safe chars")])
@@ -88,13 +113,16 @@ class SlurmClusterGateway(ClusterGateway):
     # ---------------------------------------------------------------- submit
 
     def submit(self, cluster: ClusterHandle, spec: JobSpec) -> str:
+        """The job's files and ``sbatch`` in one command (``STAGE_AND_SUBMIT``): the files
+        arrive on its standard input as a tar archive, and ``sbatch`` runs only once every file
+        is whole. One channel, where a folder, a file and a rename each would cost a round trip
+        (measured: a third of a submission's CPU)."""
         endpoint = Endpoint.of(cluster, spec.role)
         folder = _folder(spec.run_folder)
         if not _TAG.fullmatch(spec.tag):
             raise InvalidRequest([FieldError("tag", "must be 1-200 of letters, digits, _ . -")])
-        self._write_files(endpoint, folder, spec.files)
         argv = [
-            "sbatch",
+            *("sh", "-c", STAGE_AND_SUBMIT, "obp-submit", folder),
             "--parsable",
             f"--job-name={spec.tag}",
             f"--comment={spec.tag}",
@@ -103,7 +131,7 @@ class SlurmClusterGateway(ClusterGateway):
             confined(folder, spec.script),
         ]
         try:
-            result = self.pool.run(endpoint, argv, query=False)
+            result = self.pool.run(endpoint, argv, stdin=_archive(spec.files))
         except CommandLost as exc:
             raise SubmissionUnclear(f"sbatch on {cluster.name}: {exc}") from None
         if result.ok:
@@ -112,29 +140,13 @@ class SlurmClusterGateway(ClusterGateway):
                 return job_id
             raise SubmissionUnclear(f"sbatch on {cluster.name} answered {result.text()[:200]!r}")
         error = result.error_text()
+        if result.exit_status == STAGING_FAILED:
+            raise ClusterUnreachable(f"cannot write the job files on {endpoint}: {error}")
         if any(marker in error for marker in _NOT_SENT):
             raise ClusterUnreachable(f"the scheduler of {cluster.name} did not answer: {error}")
         if any(marker in error for marker in _UNCLEAR):
             raise SubmissionUnclear(f"sbatch on {cluster.name}: {error}")
         raise SubmissionRejected(error or f"sbatch exited with {result.exit_status}")
-
-    def _write_files(self, endpoint: Endpoint, folder: str, files: Mapping[str, str]) -> None:
-        for name in files:
-            if not _FILE_NAME.fullmatch(name):
-                raise InvalidRequest([FieldError("file", f"{name!r} is not a plain file name")])
-        self._checked(endpoint, ["mkdir", "-p", "--", folder], what="create the run folder")
-        connection = self.pool.connection(endpoint)
-        try:
-            with connection.sftp_lock:
-                sftp = connection.sftp()
-                for name, content in files.items():
-                    final = posixpath.join(folder, name)
-                    partial = final + ".partial"
-                    sftp.putfo(io.BytesIO(content.encode()), partial)
-                    sftp.posix_rename(partial, final)
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            self.pool.drop(endpoint, connection)
-            raise ClusterUnreachable(f"cannot write the job files on {endpoint}: {exc}") from None
 
     # ---------------------------------------------------------------- find, poll, cancel
 
