@@ -89,10 +89,12 @@ def intake(count: int) -> dict[str, float]:
 # ============================================================== 10,000 runs, ten clusters
 
 
-def submit_held(count: int) -> list[str]:
+def submit_held(count: int, name: str = HELD_NAME) -> list[str]:
+    """``count`` held jobs named ``name`` of the stack's user, submitted on the cluster in one
+    batch."""
     user = stack().user("sim")
     script = (
-        f"cd ~ && for i in $(seq {count}); do sbatch --parsable --hold --job-name={HELD_NAME} "
+        f"cd ~ && for i in $(seq {count}); do sbatch --parsable --hold --job-name={name} "
         "--output=/dev/null --wrap true || exit 1; done"
     )
     done = subprocess.run(

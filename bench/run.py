@@ -36,7 +36,7 @@ from tests.application import application  # noqa: E402
 from tests.contract.harness_slurm import stack_cluster  # noqa: E402
 from tests.stack import STACK_DIR, slurm, stack  # noqa: E402
 
-from bench import compare, lambda_cold_start  # noqa: E402
+from bench import compare, compare_scale, lambda_cold_start  # noqa: E402
 from bench.worker import run_all as worker_section  # noqa: E402
 from obp_workflow.adapters.fake.cluster_provisioner import FakeClusterProvisioner  # noqa: E402
 from obp_workflow.adapters.fake.event_publisher import FakeEventPublisher  # noqa: E402
@@ -143,23 +143,6 @@ def latency(samples: int) -> list[tuple[str, str, float, float]]:
 # ============================================================== 2. monitor cycle cost
 
 
-def submit_held(count: int) -> list[str]:
-    """``count`` held jobs of the stack's user, submitted on the cluster in one batch."""
-    user = stack().user("sim")
-    script = (
-        f"cd ~ && for i in $(seq {count}); do "
-        "sbatch --parsable --hold --job-name=obp-bench --output=/dev/null --wrap true || exit 1; "
-        "done"
-    )
-    done = subprocess.run(
-        ["runuser", "-u", user, "--", "bash", "-c", script],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return [line.split(";")[0] for line in done.stdout.split()]
-
-
 def cancel_bench_jobs() -> None:
     slurm("scancel", "--name=obp-bench", check=False)
 
@@ -170,7 +153,7 @@ def monitor_cost(sizes: Sequence[int], cycles: int) -> list[dict[str, float]]:
     for size in sizes:
         cancel_bench_jobs()
         t0 = time.perf_counter()
-        job_ids = submit_held(size)
+        job_ids = compare_scale.submit_held(size, "obp-bench")
         print(
             f"  {size:>6} runs: {len(job_ids)} held jobs submitted in "
             f"{time.perf_counter() - t0:.1f} s"

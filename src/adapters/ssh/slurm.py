@@ -321,12 +321,6 @@ class SlurmClusterGateway(ClusterGateway):
         except CommandLost as exc:
             raise ClusterUnreachable(str(exc)) from None
 
-    def _checked(self, endpoint: Endpoint, argv: Sequence[str], *, what: str) -> CommandResult:
-        result = self._run(endpoint, argv)
-        if not result.ok:
-            raise ClusterUnreachable(f"cannot {what} on {endpoint}: {result.error_text()}")
-        return result
-
     def _sacct(self, endpoint: Endpoint, job_ids: Sequence[str], fields: str) -> list[str]:
         """The allocation lines (no steps) that accounting holds for these jobs, every user's."""
         argv = ["sacct", "-X", "-n", "-P", "--allusers", f"--jobs={','.join(job_ids)}"]

@@ -21,7 +21,6 @@ minute, as luigid does).
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import threading
 from collections.abc import Callable
@@ -32,8 +31,6 @@ import luigi.server
 import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
-
-log = logging.getLogger("obp_workflow.worker")
 
 SCHEDULER = {
     "stable_done_cooldown_secs": 0,
@@ -92,11 +89,15 @@ class Luigid:
             ) from None
         self.port = next(s.getsockname()[1] for s in sockets if s.family == socket.AF_INET)
         ready = threading.Event()
+        failed: list[Exception] = []
         self.thread = threading.Thread(
-            target=self._serve, args=(sockets, ready), name="luigid", daemon=True
+            target=self._serve, args=(sockets, ready, failed), name="luigid", daemon=True
         )
         self.thread.start()
         ready.wait()
+        if failed:
+            self.stop()
+            raise LuigidFailed(f"luigid's server did not start: {failed[0]}")
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -107,11 +108,21 @@ class Luigid:
             self.thread.join(timeout)
             self.thread = None
 
-    def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
+    def _serve(
+        self, sockets: list[socket.socket], ready: threading.Event, failed: list[Exception]
+    ) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        server = tornado.httpserver.HTTPServer(luigi.server.app(self.scheduler))
-        server.add_sockets(sockets)
+        try:
+            server = tornado.httpserver.HTTPServer(luigi.server.app(self.scheduler))
+            server.add_sockets(sockets)
+        except Exception as exc:  # said by start(), which waits for this thread to be ready
+            failed.append(exc)
+            for bound in sockets:
+                bound.close()
+            loop.close()
+            ready.set()
+            return
         pruner = tornado.ioloop.PeriodicCallback(self.scheduler.prune, PRUNE_EVERY_MS)
         pruner.start()
 
