@@ -153,6 +153,17 @@ def in_controller(job_id: str) -> bool:
     )
 
 
+def accounted(job_id: str, name: str, fields: str = "State,User") -> tuple[str, ...]:
+    """The accounting record (``fields``) of the job ``job_id`` named ``name``, once slurmdbd
+    holds it (until then it keeps a placeholder named "allocation"). The name tells this job
+    from an older one of the same id: the stack's controller starts its ids again when it is
+    started afresh, and slurmdbd keeps the earlier jobs."""
+    argv = ["sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", f"--name={name}"]
+    wait_until(lambda: slurm(*argv).strip() != "", 30, f"the accounting of job {job_id}")
+    (line,) = slurm(*argv, f"--format={fields}").strip().split("\n")
+    return tuple(line.split("|"))
+
+
 def tagged_ids(tag: str) -> set[str]:
     """Every job id, live or accounted, whose name is ``tag``."""
     live = slurm(

@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.local_service import Service, service
 from tests.local_user import REPO, AsUser, stop_everything_in, unprivileged
-from tests.stack import STACK_DIR, slurm, stack
+from tests.stack import STACK_DIR, accounted, stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 
@@ -59,8 +59,7 @@ def test_the_client_commands_run_a_real_slurm_job_to_done(on_slurm: Service) -> 
     job_id = run["job"]["job_id"]
     assert run["job"]["cluster_name"] == "ssh-slurm"
     # Slurm itself ran it, as the cluster's login, to its end.
-    accounted = slurm("sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", "--format=State,User")
-    assert accounted.split("\n")[0] == f"COMPLETED|{stack().user('sim')}"
+    assert accounted(job_id, f"obp-{run_id}") == ("COMPLETED", stack().user("sim"))
     assert f"job {job_id} on ssh-slurm" in on_slurm.ok("status", run_id)
     outputs = on_slurm.ok("outputs", run_id)
     assert re.search(r"summary\.json .*sha256:[0-9a-f]{64}", outputs), outputs

@@ -42,7 +42,7 @@ from tests.contract.harness_nexus import PUBLIC_BASE, nexus_settings
 from tests.contract.harness_slurm import stack_cluster
 from tests.contract.harness_sync import BUCKET, LustreHsmSynchronizerHarness
 from tests.nexus_server import TOKEN, NexusServer
-from tests.stack import slurm, stack, wait_until
+from tests.stack import accounted, slurm, stack, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -150,16 +150,6 @@ def content_of(run: SimulationRun, relative_path: str) -> bytes:
     return f"{run.run_id}:{relative_path}:".encode()
 
 
-def sacct(job_id: str, name: str, fields: str) -> list[str]:
-    """The accounting record of the job ``job_id`` named ``name``, once slurmdbd holds it
-    (until then it keeps a placeholder named "allocation")."""
-    argv = ["sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", f"--name={name}"]
-    wait_until(lambda: slurm(*argv).strip() != "", 30, f"the accounting of job {job_id}")
-    lines = slurm(*argv, f"--format={fields}").strip().split("\n")
-    assert len(lines) == 1, lines
-    return lines[0].split("|")
-
-
 def test_a_run_on_a_lustre_cluster_ends_linked_in_nexus_with_its_provenance(
     chain: Chain,
 ) -> None:
@@ -170,16 +160,16 @@ def test_a_run_on_a_lustre_cluster_ends_linked_in_nexus_with_its_provenance(
     # Slurm: the simulation ran as the user, the sync job as the admin, both accounted.
     assert run.job_id is not None
     assert run.sync_job_id is not None
-    assert sacct(run.job_id, run.header.tag, "State,User,JobName") == [
+    assert accounted(run.job_id, run.header.tag, "State,User,JobName") == (
         "COMPLETED",
         stack().user("sim"),
         run.header.tag,
-    ]
-    assert sacct(run.sync_job_id, f"{run.header.tag}-sync-1", "State,User,JobName") == [
+    )
+    assert accounted(run.sync_job_id, f"{run.header.tag}-sync-1", "State,User,JobName") == (
         "COMPLETED",
         stack().user("admin"),
         f"{run.header.tag}-sync-1",
-    ]
+    )
     assert run.sync_kind == "lustre-hsm"
 
     # S3: every output archived by the HSM, byte for byte.

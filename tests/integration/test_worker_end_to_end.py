@@ -53,7 +53,7 @@ from tests.contract.harness_sync import LFS_CONF, lfs_conf
 from tests.keycloak_issuer import KeycloakIssuer
 from tests.nexus_server import NexusServer
 from tests.provisioner_server import ProvisionerServer, cluster_name
-from tests.stack import slurm, stack, tagged_ids, wait_until
+from tests.stack import accounted, slurm, stack, tagged_ids, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -474,16 +474,6 @@ def world_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 # ==================================================================== what the peers say
 
 
-def sacct(job_id: str, tag: str) -> tuple[str, str]:
-    """(State, User) of the job as accounting holds it, once its own record is there (right
-    after the end slurmdbd may hold a placeholder named "allocation")."""
-    argv = ["sacct", "-X", "-n", "-P", "-a", f"--jobs={job_id}", f"--name={tag}"]
-    wait_until(lambda: slurm(*argv).strip() != "", 30, f"the accounting of job {job_id}")
-    (line,) = slurm(*argv, "--format=State,User").strip().split("\n")
-    state, user = line.split("|")
-    return state, user
-
-
 def stored_in_dynamodb(project: ProjectRef, run_id: str) -> str:
     """The state of the run's item in the runs table, read behind the service's back."""
     item = aws_client("dynamodb").get_item(
@@ -515,13 +505,13 @@ def test_a_run_on_a_cluster_with_lustre_ends_archived_linked_and_registered(worl
     assert run["job"]["cluster_name"] == cluster_name(project.virtual_lab_id, project.project_id)
     assert run["job"]["exit_code"] == 0
     assert tagged_ids(tag) == {job_id}  # one Slurm job for the run
-    assert sacct(job_id, tag) == ("COMPLETED", stack().user("sim"))
+    assert accounted(job_id, tag) == ("COMPLETED", stack().user("sim"))
     # The elevated HSM job, as the admin login.
     sync = run["sync"]
     assert sync["kind"] == "lustre-hsm"
     assert sync["outcome"] == "confirmed"
     assert sync["job_id"] is not None
-    assert sacct(sync["job_id"], f"{tag}-sync-1") == ("COMPLETED", stack().user("admin"))
+    assert accounted(sync["job_id"], f"{tag}-sync-1") == ("COMPLETED", stack().user("admin"))
     # S3: each output archived into the Nexus data bucket, byte for byte.
     runs_root = f"{project.virtual_lab_id}/{project.project_id}/runs/{run_id}"
     files = {f["path"]: f for f in sync["files"]}
@@ -562,7 +552,7 @@ def test_a_run_on_a_cluster_without_lustre_ends_uploaded_into_nexus(world: World
     assert transitions(run) == LIFECYCLE
     tag = f"obp-{run_id}"
     assert tagged_ids(tag) == {run["job"]["job_id"]}
-    assert sacct(run["job"]["job_id"], tag) == ("COMPLETED", stack().user("sim"))
+    assert accounted(run["job"]["job_id"], tag) == ("COMPLETED", stack().user("sim"))
     sync = run["sync"]
     assert sync["kind"] == "nexus-upload"
     assert sync["job_id"] is None  # no elevated job without Lustre
@@ -598,7 +588,7 @@ def test_a_failing_job_fails_the_run_with_its_exit_code_and_its_log_is_readable(
     assert "FAILED" in run["scheduler_raw"]
     tag = f"obp-{run_id}"
     assert tagged_ids(tag) == {run["job"]["job_id"]}
-    assert sacct(run["job"]["job_id"], tag) == ("FAILED", stack().user("sim"))
+    assert accounted(run["job"]["job_id"], tag) == ("FAILED", stack().user("sim"))
     assert run["sync"]["kind"] is None
     assert run["knowledge_graph"]["activity_id"] is None
     assert world.nexus.source(world.graph.activity_id(project, run_id)) is None
@@ -650,7 +640,7 @@ def test_cancels_while_queued_and_while_running_cancel_the_slurm_jobs(world: Wor
         assert run["cancelled_by"]
         tag = f"obp-{run['run_id']}"
         assert tagged_ids(tag) == {job_id}
-        state, user = sacct(job_id, tag)
+        state, user = accounted(job_id, tag)
         assert state.startswith("CANCELLED"), state  # "CANCELLED by <uid>"
         assert user == stack().user("sim")
 
@@ -669,7 +659,7 @@ def test_a_job_past_its_time_limit_times_out(world: World) -> None:
     assert run["failure_reason"].startswith("the job reached its time limit")
     assert "TIMEOUT" in run["scheduler_raw"]
     tag = f"obp-{run_id}"
-    assert sacct(run["job"]["job_id"], tag) == ("TIMEOUT", stack().user("sim"))
+    assert accounted(run["job"]["job_id"], tag) == ("TIMEOUT", stack().user("sim"))
 
 
 def test_a_cluster_that_cannot_be_created_fails_the_run_with_the_reason(world: World) -> None:
